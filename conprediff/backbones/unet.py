@@ -1,0 +1,257 @@
+"""A pixel-space UNet denoiser that returns its last hidden features beside its prediction."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._params import ModuleParamsMixin
+from ..layers import TimestepEmbedding
+
+__all__ = ["UNet"]
+
+
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(groups, channels), channels)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv, add the time embedding, GroupNorm-SiLU-Dropout-Conv, plus a skip.
+
+    ``(B, C_in, H, W), (B, E) -> (B, C_out, H, W)``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = _norm(c_in, groups)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2 = _norm(c_out, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the ``H x W`` positions, with a residual connection.
+
+    ``(B, C, H, W) -> (B, C, H, W)``; uses ``scaled_dot_product_attention``.
+    """
+
+    def __init__(self, channels: int, heads: int, groups: int):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"attention channels {channels} must be divisible by heads {heads}")
+        self.heads = heads
+        self.norm = _norm(channels, groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (B, heads, HW, d)
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        return x + self.proj(h)
+
+
+class UNet(ModuleParamsMixin, nn.Module):
+    r"""UNet denoiser (Ho et al. 2020; Nichol & Dhariwal 2021) following the backbone protocol.
+
+    ``forward(x, t, cond=None) -> (prediction, features)`` where ``features`` is the last hidden
+    map :math:`h` (after the final GroupNorm and SiLU, before the output convolution), of shape
+    ``(B, base_channels, H, W)``: the :math:`h_i` that context prediction decodes.
+
+    Parameters
+    ----------
+    in_channels : int or None
+        Image channels ``C``. ``None`` lets :class:`ConPreDiffModel` set it from the data.
+    base_channels : int
+        Channels at full resolution; also ``feature_channels``.
+    channel_mults : tuple of int
+        Channel multiplier per resolution level; each level after the first halves ``H`` and
+        ``W``, so ``H`` and ``W`` must be divisible by ``2 ** (len(channel_mults) - 1)``.
+    num_res_blocks : int
+        Residual blocks per level on the way down (one more on the way up, as in DDPM).
+    attention_levels : tuple of int
+        Levels (0 = full resolution) with self-attention after each residual block; the middle
+        block always has one.
+    heads : int
+        Attention heads.
+    dropout : float
+        Dropout inside the residual blocks.
+    groups : int
+        GroupNorm groups (capped at the channel count).
+    num_classes : int or None
+        If set, ``cond`` may be ``(B,)`` integer labels in ``[0, num_classes]``; the label
+        ``num_classes`` is the "no label" used by classifier-free guidance, as is ``cond=None``.
+
+    Examples
+    --------
+    >>> net = UNet(in_channels=1, base_channels=32, channel_mults=(1, 2))
+    >>> pred, feats = net(torch.randn(2, 1, 16, 16), torch.tensor([0, 999]))
+    >>> pred.shape, feats.shape
+    (torch.Size([2, 1, 16, 16]), torch.Size([2, 32, 16, 16]))
+    """
+
+    def __init__(
+        self,
+        in_channels: int | None = None,
+        base_channels: int = 32,
+        channel_mults: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention_levels: tuple[int, ...] = (),
+        heads: int = 4,
+        dropout: float = 0.0,
+        groups: int = 8,
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.base_channels = base_channels
+        self.channel_mults = tuple(channel_mults)
+        self.num_res_blocks = num_res_blocks
+        self.attention_levels = tuple(attention_levels)
+        self.heads = heads
+        self.dropout = dropout
+        self.groups = groups
+        self.num_classes = num_classes
+        if in_channels is None:  # built by ConPreDiffModel once the data's channels are known
+            return
+        for name, value in (("in_channels", in_channels), ("base_channels", base_channels),
+                            ("num_res_blocks", num_res_blocks)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.channel_mults:
+            raise ValueError("channel_mults must not be empty")
+
+        emb_dim = 4 * base_channels
+        self.time_embed = TimestepEmbedding(base_channels, emb_dim)
+        self.class_embed = (
+            nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
+        )
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+
+        chans = [base_channels * m for m in self.channel_mults]
+        self.down = nn.ModuleList()
+        skips = [base_channels]
+        c = base_channels
+        for level, c_out in enumerate(chans):
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                blocks.append(self._block(c, c_out, emb_dim, level))
+                c = c_out
+                skips.append(c)
+            down = None
+            if level < len(chans) - 1:
+                down = nn.Conv2d(c, c, 3, stride=2, padding=1)
+                skips.append(c)
+            self.down.append(nn.ModuleDict({"blocks": blocks, **({"down": down} if down else {})}))
+
+        self.mid1 = ResBlock(c, c, emb_dim, groups, dropout)
+        self.mid_attn = SelfAttention(c, heads, groups)
+        self.mid2 = ResBlock(c, c, emb_dim, groups, dropout)
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(chans))):
+            c_out = chans[level]
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks + 1):
+                blocks.append(self._block(c + skips.pop(), c_out, emb_dim, level))
+                c = c_out
+            up = nn.Conv2d(c, c, 3, padding=1) if level > 0 else None
+            self.up.append(nn.ModuleDict({"blocks": blocks, **({"up": up} if up else {})}))
+
+        self.norm_out = _norm(c, groups)
+        self.conv_out = nn.Conv2d(c, in_channels, 3, padding=1)
+
+    def _block(self, c_in: int, c_out: int, emb_dim: int, level: int) -> nn.Module:
+        res = ResBlock(c_in, c_out, emb_dim, self.groups, self.dropout)
+        if level in self.attention_levels:
+            return _ResAttn(res, SelfAttention(c_out, self.heads, self.groups))
+        return _ResAttn(res, None)
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels ``F`` of the returned features (``base_channels * channel_mults[0]``)."""
+        return self.base_channels * self.channel_mults[0]
+
+    @property
+    def downsample_factor(self) -> int:
+        """``H`` and ``W`` must be divisible by this."""
+        return 2 ** (len(self.channel_mults) - 1)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Denoise.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, C, H, W)`` noisy input.
+        t : torch.Tensor
+            ``(B,)`` integer timesteps.
+        cond : torch.Tensor, optional
+            ``(B,)`` class labels when ``num_classes`` is set.
+
+        Returns
+        -------
+        prediction : torch.Tensor
+            ``(B, C, H, W)``.
+        features : torch.Tensor
+            ``(B, feature_channels, H, W)``, the last hidden map.
+        """
+        if self.in_channels is None:
+            raise RuntimeError("UNet(in_channels=None) is a template: set in_channels to use it")
+        f = self.downsample_factor
+        if x.shape[-1] % f or x.shape[-2] % f:
+            raise ValueError(
+                f"x height and width must be divisible by {f} for {len(self.channel_mults)} "
+                f"levels, got {tuple(x.shape[-2:])}"
+            )
+        emb = self.time_embed(t)
+        if self.class_embed is not None:
+            if cond is None:
+                cond = torch.full_like(t, self.num_classes)
+            emb = emb + self.class_embed(cond.long())
+        h = self.conv_in(x)
+        hs = [h]
+        for level in self.down:
+            for block in level["blocks"]:
+                h = block(h, emb)
+                hs.append(h)
+            if "down" in level:
+                h = level["down"](h)
+                hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for level in self.up:
+            for block in level["blocks"]:
+                h = block(torch.cat([h, hs.pop()], dim=1), emb)
+            if "up" in level:
+                h = level["up"](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        features = F.silu(self.norm_out(h))
+        return self.conv_out(features), features
+
+
+class _ResAttn(nn.Module):
+    def __init__(self, res: ResBlock, attn: SelfAttention | None):
+        super().__init__()
+        self.res = res
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.res(x, emb)
+        return self.attn(h) if self.attn is not None else h

@@ -1,0 +1,123 @@
+"""Command line: ``conprediff demo | train | sample``.
+
+Run ``conprediff <command> --help`` for the options of each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+__all__ = ["main", "build_parser"]
+
+
+def _context(args: argparse.Namespace):
+    from .context import ContextPrediction
+
+    if args.no_context:
+        return None
+    return ContextPrediction(strides=tuple(args.strides))
+
+
+def _add_training_args(p: argparse.ArgumentParser, steps: int) -> None:
+    p.add_argument("--steps", type=int, default=steps, help="optimisation steps (%(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (%(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (%(default)s)")
+    p.add_argument("--base-channels", type=int, default=32, help="UNet width (%(default)s)")
+    p.add_argument("--strides", type=int, nargs="+", default=[1, 2],
+                   help="context neighbourhood strides (%(default)s)")
+    p.add_argument("--no-context", action="store_true",
+                   help="train the plain baseline, without context prediction")
+    p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (%(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``conprediff`` argument parser."""
+    parser = argparse.ArgumentParser(prog="conprediff", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train on the embedded digits; write samples and loss plot")
+    _add_training_args(demo, steps=1500)
+    demo.add_argument("--out", default="outputs", help="output folder (%(default)s)")
+    demo.add_argument("--n-samples", type=int, default=64, help="images to sample (%(default)s)")
+
+    train = sub.add_parser("train", help="train on a folder of images; save the model")
+    train.add_argument("folder", help="folder of PNG/JPEG images (searched recursively)")
+    train.add_argument("--out", default="model.safetensors", help="model file (%(default)s)")
+    train.add_argument("--size", type=int, default=None, help="resize images to SIZE x SIZE")
+    train.add_argument("--rgb", action="store_true", help="3 channels (default: grey)")
+    _add_training_args(train, steps=5000)
+
+    sample = sub.add_parser("sample", help="sample a saved model into a PNG grid")
+    sample.add_argument("model", help="a file written by train (or ConPreDiffModel.save)")
+    sample.add_argument("--n", type=int, default=64, help="images (%(default)s)")
+    sample.add_argument("--out", default="samples.png", help="PNG grid (%(default)s)")
+    sample.add_argument("--steps", type=int, default=50, help="DDIM steps (%(default)s)")
+    sample.add_argument("--seed", type=int, default=0, help="sampling seed (%(default)s)")
+    sample.add_argument("--device", default="auto")
+    return parser
+
+
+def _model(args: argparse.Namespace):
+    from .backbones import UNet
+    from .estimator import ConPreDiffModel
+
+    return ConPreDiffModel(
+        backbone=UNet(base_channels=args.base_channels, channel_mults=(1, 2, 2)),
+        context=_context(args), max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, device=args.device,
+    )
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .data import load_digits_images
+    from .plotting import plot_loss, save_image_grid
+
+    images, _ = load_digits_images(size=16)
+    t0 = time.perf_counter()
+    model = _model(args).fit(images)
+    print(f"trained {model.n_steps_} steps on {len(images)} digits in "
+          f"{time.perf_counter() - t0:.0f} s ({model.device_})")
+    samples = model.sample(args.n_samples, seed=args.seed)
+    out = Path(args.out)
+    print(save_image_grid(samples, out / "samples.png", data_range=model.data_range_))
+    print(plot_loss(model.loss_history_, out / "loss.png"))
+    print(model.save(out / "model.safetensors"))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .data import ImageFolder
+
+    data = ImageFolder(args.folder, mode="RGB" if args.rgb else "L", size=args.size)
+    model = _model(args).fit(data)
+    print(model.save(args.out))
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from .estimator import ConPreDiffModel
+    from .plotting import save_image_grid
+
+    model = ConPreDiffModel.load(args.model, device=args.device)
+    images = model.sample(args.n, steps=args.steps, seed=args.seed)
+    print(save_image_grid(images, args.out, data_range=model.data_range_))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``conprediff`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        {"demo": _demo, "train": _train, "sample": _sample}[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"conprediff {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

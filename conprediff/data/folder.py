@@ -1,0 +1,63 @@
+"""A dataset of the images in a folder (PNG/JPEG through Pillow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["ImageFolder", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+class ImageFolder(Dataset):
+    """Every image file below ``root`` (recursively, sorted by path) as a ``(C, H, W)`` tensor.
+
+    Parameters
+    ----------
+    root : str or Path
+        Folder to scan.
+    mode : {'L', 'RGB'}
+        Pillow mode the images are converted to: 1 or 3 channels.
+    size : int or tuple of int, optional
+        Resize every image to ``(size, size)`` or ``(H, W)`` (bicubic). Without it, all images
+        must already share one size (checked when the model is fitted).
+
+    Notes
+    -----
+    Items are float32 in ``[-1, 1]`` (``x / 127.5 - 1``).
+    """
+
+    def __init__(self, root: str | Path, mode: str = "L", size: int | tuple[int, int] | None = None):
+        self.root = Path(root)
+        self.mode = mode
+        self.size = (size, size) if isinstance(size, int) else size
+        if mode not in ("L", "RGB"):
+            raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+        if not self.root.is_dir():
+            raise ValueError(f"root must be an existing folder, got {str(root)!r}")
+        self.paths = sorted(
+            p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        if not self.paths:
+            raise ValueError(f"root {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.paths[index]) as img:
+            img = img.convert(self.mode)
+            if self.size is not None:
+                img = img.resize((self.size[1], self.size[0]), Image.BICUBIC)
+            arr = np.asarray(img, dtype=np.float32)
+        if arr.ndim == 2:
+            arr = arr[None]
+        else:
+            arr = arr.transpose(2, 0, 1)
+        return torch.from_numpy(arr.copy()) / 127.5 - 1.0

@@ -1,0 +1,512 @@
+"""``ConPreDiffModel``: a diffusion model as a scikit-learn style estimator."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from .backbones.unet import UNet
+from .diffusion.gaussian import check_prediction, sample_loop
+from .schedules import NoiseSchedule, make_betas
+from .serialization import from_jsonable, to_jsonable
+from .training.data import as_loader, check_images, cycle, from_unit, infer_data_range, split_batch
+from .training.ema import EMA
+from .training.loop import TrainState, train_steps
+
+__all__ = ["ConPreDiffModel", "resolve_device"]
+
+_FORMAT_VERSION = 1
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``'auto'`` -> CUDA when available, else CPU; anything else -> ``torch.device(device)``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+    return dev
+
+
+def _default_backbone(channels: int, height: int, width: int) -> UNet:
+    levels = 3 if height % 4 == 0 and width % 4 == 0 else 2 if height % 2 == 0 == width % 2 else 1
+    return UNet(in_channels=channels, base_channels=32, channel_mults=(1, 2, 2)[:levels])
+
+
+class ConPreDiffModel(BaseEstimator):
+    r"""A Gaussian diffusion model, optionally trained with neighbourhood context prediction.
+
+    The training objective is
+
+    .. math::
+
+        \mathcal{L} = \mathcal{L}_{\mathrm{point}}(t) + \lambda_t \cdot \frac{1}{N}
+        \sum_i W_2^2\big(\psi_n(h_i, t),\ P_{N_i^s}\big)
+
+    where the second term is present only when ``context`` is given. Sampling never uses the
+    context decoder, so a model with ``context=None`` is the plain baseline of the same backbone:
+    every comparison is one parameter apart.
+
+    The constructor only stores its arguments (scikit-learn convention); they are checked in
+    :meth:`fit`. Fitted state lives in attributes ending in ``_``.
+
+    Parameters
+    ----------
+    backbone : nn.Module, optional
+        A denoiser following :mod:`conprediff.backbones.protocol`. ``None`` builds a
+        :class:`~conprediff.backbones.UNet` sized for the data. A backbone with ``get_params``
+        (every conprediff backbone) is rebuilt from its parameters at ``fit`` with ``seed``, as
+        :func:`sklearn.base.clone` would; ``in_channels=None`` is filled in from the data. Any
+        other module is deep-copied, weights included. ``fit`` never modifies the object passed.
+    context : ContextPrediction, optional
+        Context prediction (:class:`~conprediff.context.ContextPrediction`); ``None`` trains the
+        plain baseline.
+    schedule : {'cosine', 'linear', 'sigmoid'}
+        Noise schedule.
+    timesteps : int
+        Number of diffusion steps ``T``.
+    prediction : {'eps', 'v', 'x0'}
+        What the backbone predicts.
+    min_snr_gamma : float, optional
+        Min-SNR-γ loss weighting (Hang et al. 2023); ``None`` for the plain MSE.
+    lr : float
+        AdamW learning rate.
+    weight_decay : float
+        AdamW weight decay.
+    batch_size : int
+        Batch size when ``fit`` is given a tensor, array or Dataset (a DataLoader brings its own).
+    max_steps : int
+        Optimisation steps; ignored when ``epochs`` is set.
+    epochs : int, optional
+        Passes over the data (needs a sized DataLoader, tensor, array or Dataset).
+    ema_decay : float, optional
+        Decay of the exponential moving average of the backbone's weights (with warm-up);
+        ``sample`` uses the average by default. ``None`` disables it.
+    data_range : 'auto' or tuple of float
+        Range ``(lo, hi)`` of the data, mapped onto ``[-1, 1]`` for training; samples come back in
+        it. ``'auto'`` takes the smallest of ``[0, 1]``, ``[-1, 1]``, ``[0, 255]`` holding the data
+        (the whole tensor, or a DataLoader's first batch), else the data's own min and max.
+    device : str
+        ``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
+    seed : int, optional
+        Seeds initialisation, data order, timesteps and noise (each from its own generator).
+    verbose : int
+        ``0`` silent; ``1`` progress bars.
+
+    Attributes
+    ----------
+    backbone_ : nn.Module
+        The trained backbone.
+    ema_backbone_ : nn.Module or None
+        Its exponential moving average.
+    context_head_ : nn.Module or None
+        The trained context decoder (dropped at inference; ``None`` after loading an
+        inference-only file).
+    image_shape_ : tuple of int
+        ``(C, H, W)`` of the data.
+    data_range_ : tuple of float
+        ``(lo, hi)`` used.
+    n_steps_ : int
+        Optimisation steps taken.
+    loss_history_ : dict of list of float
+        Per step: ``'loss'`` (total), ``'point'``, and with context prediction ``'context'``
+        (the λ_t-weighted term) and ``'w2'`` (mean W2² before weighting).
+    device_ : torch.device
+
+    Examples
+    --------
+    >>> from conprediff import ConPreDiffModel, ContextPrediction, UNet
+    >>> from conprediff.data import load_digits_images
+    >>> images, _ = load_digits_images(size=16)
+    >>> model = ConPreDiffModel(backbone=UNet(base_channels=32, channel_mults=(1, 2)),
+    ...                         context=ContextPrediction(strides=(1, 2)), max_steps=2000)
+    >>> model.fit(images)  # doctest: +SKIP
+    >>> samples = model.sample(64)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module | None = None,
+        context: Any = None,
+        schedule: str = "cosine",
+        timesteps: int = 1000,
+        prediction: str = "eps",
+        min_snr_gamma: float | None = None,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        batch_size: int = 64,
+        max_steps: int = 1000,
+        epochs: int | None = None,
+        ema_decay: float | None = 0.999,
+        data_range: str | tuple[float, float] = "auto",
+        device: str = "auto",
+        seed: int | None = None,
+        verbose: int = 1,
+    ):
+        self.backbone = backbone
+        self.context = context
+        self.schedule = schedule
+        self.timesteps = timesteps
+        self.prediction = prediction
+        self.min_snr_gamma = min_snr_gamma
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_steps = max_steps
+        self.epochs = epochs
+        self.ema_decay = ema_decay
+        self.data_range = data_range
+        self.device = device
+        self.seed = seed
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self) -> None:
+        make_betas(self.schedule, self.timesteps)  # validates schedule and timesteps
+        check_prediction(self.prediction)
+        for name in ("lr", "batch_size", "max_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not isinstance(self.batch_size, int) or not isinstance(self.max_steps, int):
+            raise ValueError(
+                f"batch_size and max_steps must be integers, got {self.batch_size!r} and "
+                f"{self.max_steps!r}"
+            )
+        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
+            raise ValueError(f"epochs must be a positive integer or None, got {self.epochs!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be positive or None, got {self.min_snr_gamma!r}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay!r}")
+        if self.data_range != "auto":
+            lo_hi = self.data_range
+            if not (isinstance(lo_hi, tuple | list) and len(lo_hi) == 2 and lo_hi[0] < lo_hi[1]):
+                raise ValueError(f"data_range must be 'auto' or (lo, hi) with lo < hi, got {lo_hi!r}")
+        if self.backbone is not None and not isinstance(self.backbone, nn.Module):
+            raise TypeError(
+                f"backbone must be a torch.nn.Module or None, got {type(self.backbone).__name__}"
+            )
+        if self.context is not None and not hasattr(self.context, "build"):
+            raise TypeError(
+                "context must be a ContextPrediction (an object with build()) or None, got "
+                f"{type(self.context).__name__}"
+            )
+
+    # ------------------------------------------------------------------ building
+    def _build_backbone(self, shape: tuple[int, int, int]) -> nn.Module:
+        C, H, W = shape
+        template = self.backbone
+        if template is None:
+            return _default_backbone(C, H, W)
+        if hasattr(template, "get_params"):
+            params = dict(template.get_params(deep=False))
+            if params.get("in_channels", C) is None:
+                params["in_channels"] = C
+            net = type(template)(**params)
+        else:
+            net = copy.deepcopy(template)
+        if getattr(net, "in_channels", C) != C:
+            raise ValueError(
+                f"backbone in_channels={net.in_channels} does not match the data's {C} channels"
+            )
+        if not hasattr(net, "feature_channels"):
+            raise TypeError(
+                "backbone must expose feature_channels (see conprediff.backbones.protocol)"
+            )
+        return net
+
+    def _schedule(self) -> NoiseSchedule:
+        return NoiseSchedule(self.schedule, self.timesteps)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data: Any, y: Any = None) -> ConPreDiffModel:
+        """Train the model.
+
+        Parameters
+        ----------
+        data : DataLoader, Dataset, torch.Tensor or numpy.ndarray
+            Images ``(N, C, H, W)``; a DataLoader or Dataset may yield image tensors or
+            ``(images, labels)`` tuples.
+        y : array-like, optional
+            ``(N,)`` labels beside a tensor or array (kept for conditional models; unused by an
+            unconditional backbone).
+
+        Returns
+        -------
+        ConPreDiffModel
+            ``self``, fitted.
+
+        Raises
+        ------
+        ValueError
+            On images that are not 4-dimensional, empty, non-finite, or of varying size, and on
+            invalid parameters (the message names the parameter).
+        """
+        self._check_params()
+        device = resolve_device(self.device)
+        seed = self.seed if self.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        data_gen = torch.Generator().manual_seed(seed)
+        loader, n_items = as_loader(data, y, self.batch_size, data_gen)
+        if isinstance(data, torch.Tensor | np.ndarray):
+            first = check_images(data, "data")
+        else:
+            try:
+                first = check_images(split_batch(next(iter(loader)))[0], "data")
+            except StopIteration:
+                raise ValueError("data is empty: it yielded no batch") from None
+            except RuntimeError as err:  # default_collate on images of different sizes
+                if "stack expects each tensor to be equal size" in str(err):
+                    raise ValueError(f"data holds images of varying size: {err}") from err
+                raise
+        shape = tuple(first.shape[1:])
+        data_range = (
+            infer_data_range(first) if self.data_range == "auto" else tuple(map(float, self.data_range))
+        )
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            backbone = self._build_backbone(shape).to(device)
+            head = None
+            if self.context is not None:
+                torch.manual_seed(seed + 1)  # separate stream: the backbone init is unchanged
+                head = self.context.build(backbone.feature_channels, shape[0]).to(device)
+        params = list(backbone.parameters()) + (list(head.parameters()) if head is not None else [])
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        ema = EMA(backbone, self.ema_decay) if self.ema_decay is not None else None
+
+        n_steps = self.max_steps
+        if self.epochs is not None:
+            try:
+                n_steps = self.epochs * len(loader)
+            except TypeError:
+                raise ValueError("epochs needs data of known length; use max_steps") from None
+        state = TrainState(
+            schedule=self._schedule(),
+            prediction=self.prediction,
+            data_range=data_range,
+            image_shape=shape,
+            device=device,
+            noise_generator=torch.Generator(device).manual_seed(seed + 2),
+            context_generator=torch.Generator(device).manual_seed(seed + 3),
+            min_snr_gamma=self.min_snr_gamma,
+        )
+        try:
+            train_steps(backbone, head, cycle(loader), optimizer, state, n_steps, ema,
+                        progress=self.verbose > 0)
+        except RuntimeError as err:
+            if "stack expects each tensor to be equal size" in str(err):
+                raise ValueError(f"data holds images of varying size: {err}") from err
+            raise
+
+        self.backbone_ = backbone.eval()
+        self.ema_backbone_ = ema.module if ema is not None else None
+        self.context_head_ = head
+        self.image_shape_ = shape
+        self.data_range_ = data_range
+        self.n_steps_ = state.step
+        self.loss_history_ = state.history
+        self.device_ = device
+        self.seed_ = seed
+        self.n_items_seen_ = n_items
+        return self
+
+    # ------------------------------------------------------------------ sampling
+    def _denoiser(self, use_ema: bool) -> nn.Module:
+        check_is_fitted(self, "backbone_")
+        if use_ema and self.ema_backbone_ is not None:
+            return self.ema_backbone_
+        return self.backbone_
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        steps: int | None = None,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        seed: int | None = None,
+        batch_size: int = 256,
+        use_ema: bool = True,
+    ) -> torch.Tensor:
+        """Generate images. The context decoder is not used.
+
+        Parameters
+        ----------
+        n : int
+            Number of images.
+        steps : int, optional
+            Reverse steps (at most ``timesteps``), respaced evenly; default 50, or ``timesteps``
+            if that is smaller.
+        sampler : {'ddim', 'ddpm'}
+            Deterministic DDIM (with ``eta``) or ancestral DDPM.
+        eta : float
+            DDIM noise scale (0 = deterministic).
+        seed : int, optional
+            Seeds all sampling noise: the same seed gives the same images.
+        batch_size : int
+            Images generated per forward pass.
+        use_ema : bool
+            Use the EMA weights when the model has them.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n, C, H, W)`` float32 on the CPU, in the data's range.
+        """
+        net = self._denoiser(use_ema)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        steps = min(50, self.timesteps) if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.timesteps:
+            raise ValueError(f"steps must be an integer in [1, {self.timesteps}], got {steps!r}")
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta!r}")
+        device = self.device_
+        gen = torch.Generator(device)
+        gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        schedule = self._schedule()
+        out = []
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            x = sample_loop(lambda x, t: net(x, t)[0], (b, *self.image_shape_), schedule,
+                            self.prediction, steps, sampler, eta, gen, device,
+                            progress=self.verbose > 0)
+            out.append(from_unit(x, self.data_range_).cpu())
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, include_decoder: bool = True) -> Path:
+        """Write the fitted model to one safetensors file (weights; arguments as JSON metadata).
+
+        Parameters
+        ----------
+        path : str or Path
+            Target file (conventionally ``*.safetensors``).
+        include_decoder : bool
+            Also store the context decoder; ``False`` writes an inference-only file.
+
+        Returns
+        -------
+        Path
+            The written path. No pickle is involved.
+        """
+        from safetensors.torch import save_file
+
+        check_is_fitted(self, "backbone_")
+        tensors: dict[str, torch.Tensor] = {}
+        modules = {"backbone": self.backbone_, "ema": self.ema_backbone_}
+        if include_decoder:
+            modules["context"] = self.context_head_
+        for prefix, module in modules.items():
+            if module is None:
+                continue
+            for key, value in module.state_dict().items():
+                tensors[f"{prefix}.{key}"] = value.detach().cpu().clone().contiguous()
+        meta = {
+            "format_version": _FORMAT_VERSION,
+            "params": to_jsonable({k: v for k, v in self.get_params(deep=False).items()
+                                   if k != "backbone"}),
+            "backbone": to_jsonable(self.backbone_, "backbone")
+            if hasattr(self.backbone_, "get_params") else None,
+            "image_shape": list(self.image_shape_),
+            "data_range": list(self.data_range_),
+            "n_steps": self.n_steps_,
+            "seed": self.seed_,
+            "loss_history": self.loss_history_,
+            "has_decoder": bool(include_decoder and self.context_head_ is not None),
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata={"conprediff": json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        backbone: nn.Module | None = None,
+        classes: Iterable[type] = (),
+    ) -> ConPreDiffModel:
+        """Read a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or Path
+        device : str
+            Where to put the weights (``'auto'``, ``'cpu'``, ``'cuda'``...).
+        backbone : nn.Module, optional
+            The backbone architecture, needed only for a custom backbone without
+            ``get_params``; its weights are replaced by the file's.
+        classes : iterable of type
+            Extra (non-conprediff) component classes allowed to be rebuilt from the file.
+
+        Returns
+        -------
+        ConPreDiffModel
+            A fitted model.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no model file at {str(path)!r}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta_text = (f.metadata() or {}).get("conprediff")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except Exception as err:
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file: {err}") from err
+        if meta_text is None:
+            raise ValueError(f"{str(path)!r} was not written by ConPreDiffModel.save")
+        meta = json.loads(meta_text)
+        classes = tuple(classes)
+        params = from_jsonable(meta["params"], classes)
+        if meta["backbone"] is not None:
+            net = from_jsonable(meta["backbone"], classes)
+        elif backbone is not None:
+            net = copy.deepcopy(backbone)
+        else:
+            raise ValueError("this file holds a custom backbone: pass backbone=<module> to load()")
+        model = cls(backbone=copy.deepcopy(net), **params)
+        dev = resolve_device(device)
+
+        def restore(prefix: str, module: nn.Module) -> nn.Module:
+            state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+            module.load_state_dict(state, strict=True)
+            return module.to(dev).eval()
+
+        model.backbone_ = restore("backbone", net)
+        has_ema = any(k.startswith("ema.") for k in tensors)
+        model.ema_backbone_ = (
+            restore("ema", copy.deepcopy(net)).requires_grad_(False) if has_ema else None
+        )
+        model.context_head_ = None
+        if meta["has_decoder"] and model.context is not None:
+            head = model.context.build(net.feature_channels, meta["image_shape"][0])
+            model.context_head_ = restore("context", head)
+        model.image_shape_ = tuple(meta["image_shape"])
+        model.data_range_ = tuple(meta["data_range"])
+        model.n_steps_ = meta["n_steps"]
+        model.seed_ = meta["seed"]
+        model.loss_history_ = meta["loss_history"]
+        model.device_ = dev
+        model.n_items_seen_ = None
+        return model

@@ -1,0 +1,277 @@
+r"""Noise schedules for Gaussian diffusion.
+
+A schedule fixes the forward process
+
+.. math::
+
+    q(x_t \mid x_0) = \mathcal{N}\big(\sqrt{\bar\alpha_t}\, x_0,\ (1 - \bar\alpha_t) I\big),
+    \qquad t = 0, \dots, T - 1,
+
+through the cumulative product :math:`\bar\alpha_t = \prod_{s \le t} (1 - \beta_s)`.
+This module imports nothing else from conprediff.
+
+Timesteps are integers in ``[0, T)``: ``t = 0`` is the least noisy step (its :math:`x_{t-1}` is
+the clean sample :math:`x_0`), ``t = T - 1`` the noisiest.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from sklearn.base import BaseEstimator
+
+__all__ = ["NoiseSchedule", "linear_betas", "cosine_betas", "sigmoid_betas", "make_betas"]
+
+
+def linear_betas(
+    timesteps: int, beta_start: float = 1e-4, beta_end: float = 2e-2, max_beta: float = 0.999
+) -> torch.Tensor:
+    r"""Linearly spaced :math:`\beta_t` (Ho et al. 2020).
+
+    The endpoints are given for ``T = 1000`` and rescaled by ``1000 / T`` so that shorter
+    schedules reach about the same final :math:`\bar\alpha_T`; betas are capped at ``max_beta``
+    (very short schedules would otherwise exceed 1).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(T,)`` float64 betas in ``(0, max_beta]``.
+    """
+    scale = 1000.0 / timesteps
+    betas = torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64)
+    return betas.clamp(max=max_beta)
+
+
+def cosine_betas(timesteps: int, s: float = 8e-3, max_beta: float = 0.999) -> torch.Tensor:
+    r"""Cosine schedule (Nichol & Dhariwal 2021).
+
+    .. math::
+
+        \bar\alpha(t) = \frac{f(t)}{f(0)}, \quad f(t) = \cos^2\!\Big(\frac{t/T + s}{1 + s}
+        \cdot \frac{\pi}{2}\Big), \quad \beta_t = \min\!\Big(1 - \frac{\bar\alpha(t+1)}
+        {\bar\alpha(t)},\ \beta_{\max}\Big)
+
+    Returns
+    -------
+    torch.Tensor
+        ``(T,)`` float64 betas in ``(0, max_beta]``.
+    """
+    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
+    return betas.clamp(1e-8, max_beta)
+
+
+def sigmoid_betas(
+    timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0, max_beta: float = 0.999
+) -> torch.Tensor:
+    r"""Sigmoid schedule (Jabri et al. 2022, "Scalable adaptive computation").
+
+    .. math::
+
+        \bar\alpha(t) = \frac{\sigma(-(\mathrm{end} - (\mathrm{end}-\mathrm{start}) (1 - t/T))
+        / \tau) - v_{\mathrm{end}}}{v_{\mathrm{start}} - v_{\mathrm{end}}}
+
+    with :math:`v = \sigma(\cdot/\tau)` at the two ends, then
+    :math:`\beta_t = 1 - \bar\alpha(t+1) / \bar\alpha(t)`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(T,)`` float64 betas in ``(0, max_beta]``.
+    """
+    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
+    v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
+    alpha_bar = (-torch.sigmoid((steps * (end - start) + start) / tau) + v_end) / (v_end - v_start)
+    alpha_bar = alpha_bar / alpha_bar[0]
+    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
+    return betas.clamp(1e-8, max_beta)
+
+
+_BETAS = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
+
+
+def make_betas(kind: str, timesteps: int) -> torch.Tensor:
+    """Betas of a named schedule: ``'linear'``, ``'cosine'`` or ``'sigmoid'``; ``(T,)`` float64."""
+    if kind not in _BETAS:
+        raise ValueError(f"schedule kind must be one of {sorted(_BETAS)}, got {kind!r}")
+    if not isinstance(timesteps, int) or timesteps < 2:
+        raise ValueError(f"timesteps must be an integer >= 2, got {timesteps!r}")
+    return _BETAS[kind](timesteps)
+
+
+def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``values[t]`` reshaped to broadcast against ``like`` ``(B, ...)``, in ``like``'s dtype."""
+    out = values.to(like.device)[t.to(like.device).long()]
+    return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+class NoiseSchedule(BaseEstimator):
+    r"""A discrete-time Gaussian noise schedule and its closed forms.
+
+    Parameters
+    ----------
+    kind : {'linear', 'cosine', 'sigmoid'}
+        The beta schedule.
+    timesteps : int
+        Number of diffusion steps ``T``.
+
+    Attributes
+    ----------
+    betas, alphas, alpha_bar, alpha_bar_prev : torch.Tensor
+        ``(T,)`` float64 tables; ``alpha_bar_prev[0] = 1``.
+    posterior_variance : torch.Tensor
+        ``(T,)`` :math:`\tilde\beta_t = \beta_t (1-\bar\alpha_{t-1}) / (1-\bar\alpha_t)`.
+
+    Notes
+    -----
+    All tables are kept in float64 on the CPU and cast to the dtype and device of the tensor they
+    are applied to, so a schedule can serve models on any device and in any precision.
+    """
+
+    def __init__(self, kind: str = "cosine", timesteps: int = 1000):
+        self.kind = kind
+        self.timesteps = timesteps
+
+    # Tables are derived from the two parameters on first use and re-derived if they change.
+    def _tables(self) -> dict[str, torch.Tensor]:
+        key = (self.kind, self.timesteps)
+        cache = self.__dict__.get("_cache")
+        if cache is None or cache[0] != key:
+            betas = make_betas(self.kind, self.timesteps)
+            alphas = 1.0 - betas
+            alpha_bar = torch.cumprod(alphas, 0)
+            alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+            tables = {
+                "betas": betas,
+                "alphas": alphas,
+                "alpha_bar": alpha_bar,
+                "alpha_bar_prev": alpha_bar_prev,
+                "posterior_variance": betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
+            }
+            self.__dict__["_cache"] = (key, tables)
+            return tables
+        return cache[1]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_cache", None)
+        return state
+
+    @property
+    def betas(self) -> torch.Tensor:
+        return self._tables()["betas"]
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        return self._tables()["alphas"]
+
+    @property
+    def alpha_bar(self) -> torch.Tensor:
+        return self._tables()["alpha_bar"]
+
+    @property
+    def alpha_bar_prev(self) -> torch.Tensor:
+        return self._tables()["alpha_bar_prev"]
+
+    @property
+    def posterior_variance(self) -> torch.Tensor:
+        return self._tables()["posterior_variance"]
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        r"""Signal-to-noise ratio :math:`\bar\alpha_t / (1 - \bar\alpha_t)` at integer steps ``t``.
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            ``(B,)`` integer timesteps.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B,)`` float64 on ``t``'s device.
+        """
+        ab = self.alpha_bar.to(t.device)[t.long()]
+        return ab / (1 - ab)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        r"""Draw :math:`x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1-\bar\alpha_t}\, \varepsilon`.
+
+        Parameters
+        ----------
+        x0 : torch.Tensor
+            ``(B, ...)`` clean samples.
+        t : torch.Tensor
+            ``(B,)`` integer timesteps.
+        noise : torch.Tensor
+            ``(B, ...)`` standard normal noise :math:`\varepsilon`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, ...)`` noisy samples, in ``x0``'s dtype.
+        """
+        ab = _gather(self.alpha_bar, t, x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def posterior(
+        self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Mean and variance of :math:`q(x_{t-1} \mid x_t, x_0)`.
+
+        .. math::
+
+            \tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t} x_0
+            + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t} x_t, \qquad
+            \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t} \beta_t
+
+        Parameters
+        ----------
+        x0, xt : torch.Tensor
+            ``(B, ...)`` clean and noisy samples.
+        t : torch.Tensor
+            ``(B,)`` integer timesteps.
+
+        Returns
+        -------
+        mean : torch.Tensor
+            ``(B, ...)``.
+        variance : torch.Tensor
+            ``(B, 1, ..., 1)``, broadcastable against ``mean``; zero at ``t = 0``.
+        """
+        tab = self._tables()
+        b = _gather(tab["betas"], t, x0)
+        ab = _gather(tab["alpha_bar"], t, x0)
+        ab_prev = _gather(tab["alpha_bar_prev"], t, x0)
+        a = _gather(tab["alphas"], t, x0)
+        coef0 = ab_prev.sqrt() * b / (1 - ab)
+        coeft = a.sqrt() * (1 - ab_prev) / (1 - ab)
+        return coef0 * x0 + coeft * xt, _gather(tab["posterior_variance"], t, x0)
+
+    def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        r""":math:`\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon) / \sqrt{\bar\alpha_t}`."""
+        ab = _gather(self.alpha_bar, t, xt)
+        return (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+    def predict_eps(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        r""":math:`\hat\varepsilon = (x_t - \sqrt{\bar\alpha_t}\,\hat x_0) / \sqrt{1-\bar\alpha_t}`."""
+        ab = _gather(self.alpha_bar, t, xt)
+        return (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    def velocity(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        r"""The v-target :math:`v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0`
+        (Salimans & Ho 2022)."""
+        ab = _gather(self.alpha_bar, t, x0)
+        return ab.sqrt() * noise - (1 - ab).sqrt() * x0
+
+    def split_v(
+        self, xt: torch.Tensor, t: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Recover :math:`(\hat x_0, \hat\varepsilon)` from a v-prediction:
+        :math:`\hat x_0 = \sqrt{\bar\alpha_t} x_t - \sqrt{1-\bar\alpha_t} v`,
+        :math:`\hat\varepsilon = \sqrt{1-\bar\alpha_t} x_t + \sqrt{\bar\alpha_t} v`."""
+        ab = _gather(self.alpha_bar, t, xt)
+        return ab.sqrt() * xt - (1 - ab).sqrt() * v, (1 - ab).sqrt() * xt + ab.sqrt() * v

@@ -1,0 +1,237 @@
+"""ConPreDiffModel: the scikit-learn contract, persistence and input validation."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from conprediff import ConPreDiffModel, UNet
+
+
+def tiny(**kw):
+    params = dict(backbone=UNet(base_channels=8, channel_mults=(1, 2)), timesteps=20,
+                  max_steps=3, batch_size=8, seed=0, verbose=0)
+    params.update(kw)
+    return ConPreDiffModel(**params)
+
+
+@pytest.fixture(scope="module")
+def images():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(16, 1, 8, 8, generator=g) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def fitted(images):
+    return tiny().fit(images)
+
+
+def test_constructor_only_stores_arguments():
+    b = UNet(base_channels=8)
+    m = ConPreDiffModel(backbone=b, lr=-5, schedule="nonsense")  # validated in fit, not here
+    assert m.backbone is b and m.lr == -5
+    assert not [k for k in vars(m) if k.endswith("_")]
+
+
+def test_fit_returns_self_and_records_history(images):
+    m = tiny()
+    assert m.fit(images) is m
+    assert m.n_steps_ == 3 and len(m.loss_history_["loss"]) == 3
+    assert m.image_shape_ == (1, 8, 8) and m.data_range_ == (-1.0, 1.0)
+
+
+def test_fit_does_not_modify_the_backbone_argument(images):
+    b = UNet(base_channels=8, channel_mults=(1, 2))
+    m = tiny(backbone=b).fit(images)
+    assert b.in_channels is None and m.backbone_ is not b
+
+
+def test_seed_makes_training_reproducible(images):
+    a = tiny().fit(images)
+    b = tiny().fit(images)
+    assert a.loss_history_ == b.loss_history_
+    for p, q in zip(a.backbone_.parameters(), b.backbone_.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_loss_falls_on_a_longer_run(images):
+    m = tiny(max_steps=60, lr=3e-3).fit(images)
+    loss = np.asarray(m.loss_history_["loss"])
+    assert loss[-10:].mean() < 0.7 * loss[:10].mean()
+
+
+def test_not_fitted_error():
+    with pytest.raises(NotFittedError):
+        tiny().sample(2)
+    with pytest.raises(NotFittedError):
+        tiny().save("never.safetensors")
+
+
+def test_sample_shape_range_and_seed(fitted):
+    a = fitted.sample(3, steps=5, seed=7)
+    assert a.shape == (3, 1, 8, 8) and a.dtype == torch.float32
+    assert a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, fitted.sample(3, steps=5, seed=7))
+    assert not torch.equal(a, fitted.sample(3, steps=5, seed=8))
+    # batching does not change the images
+    assert torch.equal(a, fitted.sample(3, steps=5, seed=7, batch_size=3))
+
+
+def test_samples_come_back_in_the_data_range(images):
+    m = tiny().fit((images + 1) * 127.5)  # 0..255 data
+    assert m.data_range_ == (0.0, 255.0)
+    s = m.sample(2, steps=3, seed=0)
+    assert s.min() >= 0 and s.max() <= 255 and s.max() > 1.5
+
+
+def test_get_params_set_params_nested_and_clone(fitted):
+    params = fitted.get_params(deep=True)
+    assert params["backbone__base_channels"] == 8 and params["timesteps"] == 20
+    c = clone(fitted)
+    assert not hasattr(c, "backbone_")
+    assert c.get_params()["backbone__base_channels"] == 8 and c.backbone is not fitted.backbone
+    c.set_params(backbone__base_channels=16, lr=1e-3)
+    assert c.backbone.base_channels == 16 and c.lr == 1e-3
+    assert fitted.backbone.base_channels == 8
+
+
+def test_save_load_round_trip_gives_identical_samples(fitted, tmp_path):
+    path = fitted.save(tmp_path / "m.safetensors")
+    loaded = ConPreDiffModel.load(path)
+    assert loaded.get_params()["backbone__base_channels"] == 8
+    assert loaded.loss_history_ == fitted.loss_history_
+    assert torch.equal(loaded.sample(4, steps=5, seed=3), fitted.sample(4, steps=5, seed=3))
+    assert torch.equal(loaded.sample(2, steps=5, seed=3, use_ema=False),
+                       fitted.sample(2, steps=5, seed=3, use_ema=False))
+    assert b"pickle" not in path.read_bytes()[:200]
+
+
+def test_load_refuses_foreign_classes(fitted, tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = fitted.save(tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["conprediff"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta["backbone"] = {"__class__": "os.system", "params": {"command": "echo pwned"}}
+    save_file(tensors, str(tmp_path / "evil.safetensors"), metadata={"conprediff": json.dumps(meta)})
+    with pytest.raises(ValueError, match="refusing"):
+        ConPreDiffModel.load(tmp_path / "evil.safetensors")
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        ConPreDiffModel.load(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable"):
+        ConPreDiffModel.load(bad)
+
+
+class Custom(nn.Module):
+    feature_channels = 4
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(1, 4, 3, padding=1)
+        self.out = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x, t, cond=None):
+        h = torch.tanh(self.body(x) + t[:, None, None, None].float() / 20)
+        return self.out(h), h
+
+
+def test_custom_backbone_fit_save_load(images, tmp_path):
+    m = tiny(backbone=Custom()).fit(images)
+    path = m.save(tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="backbone="):
+        ConPreDiffModel.load(path)
+    loaded = ConPreDiffModel.load(path, backbone=Custom())
+    assert torch.equal(loaded.sample(2, steps=3, seed=1), m.sample(2, steps=3, seed=1))
+
+
+def test_accepts_dataloader_tuples_numpy_and_dataset(images):
+    labels = torch.arange(16) % 3
+    tiny().fit(DataLoader(TensorDataset(images, labels), batch_size=4))
+    tiny().fit(DataLoader(images, batch_size=4))
+    tiny().fit(images.numpy().astype(np.float64))
+    tiny().fit(TensorDataset(images))
+
+
+# ---------------------------------------------------------------- rejected inputs
+def test_rejects_wrong_number_of_dimensions():
+    with pytest.raises(ValueError, match=r"data must be 4-dimensional.*x\[:, None\]"):
+        tiny().fit(torch.zeros(4, 8, 8))
+
+
+def test_rejects_non_finite_values(images):
+    bad = images.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="data contains non-finite"):
+        tiny().fit(bad)
+    bad[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="data contains non-finite"):
+        tiny().fit(DataLoader(bad, batch_size=4))
+
+
+def test_rejects_empty_data():
+    with pytest.raises(ValueError, match="data is empty"):
+        tiny().fit(torch.zeros(0, 1, 8, 8))
+    with pytest.raises(ValueError, match="data is empty"):
+        tiny().fit(DataLoader(TensorDataset(torch.zeros(0, 1, 8, 8)), batch_size=4))
+
+
+class Varying(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.zeros(1, 8, 8) if i % 2 else torch.zeros(1, 4, 4)
+
+
+def test_rejects_images_of_varying_size():
+    with pytest.raises(ValueError, match="data holds images of varying size"):
+        tiny().fit(DataLoader(Varying(), batch_size=4))
+    with pytest.raises(ValueError, match="data holds images of varying size"):
+        tiny().fit(Varying())
+    with pytest.raises(ValueError, match="data holds images of varying size"):
+        tiny(max_steps=4).fit(DataLoader(Varying(), batch_size=1))
+
+
+def test_rejects_non_tensor_data():
+    with pytest.raises(TypeError, match="data must be"):
+        tiny().fit("digits")
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("lr", 0), ("batch_size", 0), ("max_steps", -1), ("epochs", 0), ("timesteps", 1),
+     ("schedule", "quadratic"), ("prediction", "score"), ("ema_decay", 1.0),
+     ("data_range", (1, 0)), ("device", "tpu"), ("min_snr_gamma", -1.0)],
+)
+def test_rejects_bad_parameters_naming_them(images, param, value):
+    name = "schedule kind" if param == "schedule" else param
+    with pytest.raises(ValueError, match=name):
+        tiny(**{param: value}).fit(images)
+
+
+def test_rejects_bad_backbone_and_context(images):
+    with pytest.raises(TypeError, match="backbone"):
+        tiny(backbone="unet").fit(images)
+    with pytest.raises(TypeError, match="context"):
+        tiny(context="yes").fit(images)
+
+
+def test_sample_argument_errors(fitted):
+    with pytest.raises(ValueError, match="n must"):
+        fitted.sample(0)
+    with pytest.raises(ValueError, match="steps"):
+        fitted.sample(1, steps=21)
+    with pytest.raises(ValueError, match="sampler"):
+        fitted.sample(1, sampler="euler")

@@ -1,0 +1,79 @@
+"""UNet backbone and the backbone protocol."""
+
+import pytest
+import torch
+from sklearn.base import clone
+from torch import nn
+
+from conprediff.backbones import Backbone, UNet, check_backbone_output
+
+
+@pytest.mark.parametrize("mults,attn", [((1,), ()), ((1, 2), (1,)), ((1, 2, 2), (0, 2))])
+def test_shapes_and_features(mults, attn):
+    net = UNet(in_channels=2, base_channels=8, channel_mults=mults, attention_levels=attn, heads=2)
+    x = torch.randn(3, 2, 8, 8)
+    pred, feats = net(x, torch.tensor([0, 5, 999]))
+    assert pred.shape == x.shape
+    assert feats.shape == (3, net.feature_channels, 8, 8)
+    assert isinstance(net, Backbone)
+
+
+def test_features_are_the_input_of_the_output_conv():
+    net = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2))
+    # make the output non-trivial and check prediction == conv_out(features)
+    nn.init.normal_(net.conv_out.weight)
+    pred, feats = net(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]))
+    torch.testing.assert_close(pred, net.conv_out(feats))
+
+
+def test_time_and_class_conditioning_change_the_output():
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2), num_classes=3)
+    for p in net.parameters():  # zero-initialised layers would hide the conditioning
+        nn.init.normal_(p, std=0.1)
+    x = torch.randn(1, 1, 8, 8)
+    a = net(x, torch.tensor([1]))[0]
+    assert not torch.allclose(a, net(x, torch.tensor([500]))[0])
+    assert not torch.allclose(net(x, torch.tensor([1]), torch.tensor([0]))[0], a)
+    torch.testing.assert_close(net(x, torch.tensor([1]), torch.tensor([3]))[0], a)
+
+
+def test_gradients_reach_every_parameter():
+    net = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2), attention_levels=(1,))
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.1)
+    pred, feats = net(torch.randn(2, 1, 8, 8), torch.tensor([3, 4]))
+    (pred.sum() + feats.sum()).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing
+
+
+def test_get_set_params_and_clone():
+    net = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2))
+    assert net.get_params()["base_channels"] == 8
+    net.set_params(base_channels=16)
+    assert net.feature_channels == 16 and net.conv_in.out_channels == 16
+    c = clone(net)
+    assert c is not net and c.get_params() == net.get_params()
+    with pytest.raises(ValueError, match="widht"):
+        net.set_params(widht=3)
+
+
+def test_bad_sizes_and_arguments():
+    net = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2, 2))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net(torch.randn(1, 1, 6, 6), torch.tensor([0]))
+    with pytest.raises(ValueError, match="base_channels"):
+        UNet(in_channels=1, base_channels=0)
+    with pytest.raises(RuntimeError, match="template"):
+        UNet()(torch.randn(1, 1, 8, 8), torch.tensor([0]))
+
+
+def test_check_backbone_output_messages():
+    x = torch.randn(2, 1, 4, 4)
+    with pytest.raises(TypeError, match="pair"):
+        check_backbone_output(x, x)
+    with pytest.raises(ValueError, match="prediction"):
+        check_backbone_output((x[:, :, :2], x), x)
+    with pytest.raises(ValueError, match="features"):
+        check_backbone_output((x, x[:, :, :2]), x)
