@@ -1,0 +1,427 @@
+"""Tests for conprediff.evaluation: FID, precision/recall, KID and the feature networks."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+from sklearn.exceptions import NotFittedError
+from torch import nn
+
+from conprediff.data import load_digits_images
+from conprediff.evaluation import (
+    FeatureExtractor,
+    LeNetClassifier,
+    default_digits_extractor,
+    evaluate_samples,
+    feature_statistics,
+    frechet_distance,
+    frechet_distance_from_features,
+    kernel_inception_distance,
+    knn_radii,
+    manifold_coverage,
+    polynomial_mmd2,
+    precision_recall,
+    train_classifier,
+)
+
+
+def _random_psd(rng: np.random.Generator, dim: int, rank: int | None = None) -> np.ndarray:
+    a = rng.standard_normal((dim, rank or dim))
+    return a @ a.T / dim
+
+
+def _reference_frechet(mu1, sigma1, mu2, sigma2) -> float:
+    """The usual pytorch-fid formula with scipy.linalg.sqrtm of the non-symmetric product."""
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    covmean = np.real(covmean)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+# --------------------------------------------------------------------------------------------
+# Fréchet distance
+# --------------------------------------------------------------------------------------------
+
+
+def test_frechet_of_a_set_with_itself_is_zero():
+    f = np.random.default_rng(0).standard_normal((500, 16))
+    assert frechet_distance_from_features(f, f) == pytest.approx(0.0, abs=1e-9)
+    mu, sigma = feature_statistics(f)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_diagonal_closed_form():
+    rng = np.random.default_rng(1)
+    mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
+    s1, s2 = rng.uniform(0.1, 3.0, 6), rng.uniform(0.1, 3.0, 6)  # standard deviations
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((s1 - s2) ** 2)
+    got = frechet_distance(mu1, np.diag(s1**2), mu2, np.diag(s2**2))
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_docstring_example():
+    assert frechet_distance(np.zeros(2), np.eye(2), np.ones(2), 4 * np.eye(2)) == pytest.approx(4.0)
+
+
+def test_frechet_full_covariance_matches_sqrtm():
+    rng = np.random.default_rng(2)
+    mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
+    sigma1, sigma2 = _random_psd(rng, 5) + 0.1 * np.eye(5), _random_psd(rng, 5) + 0.1 * np.eye(5)
+    # Closed form with symmetric square roots computed by scipy.linalg.sqrtm.
+    r1 = np.real(scipy.linalg.sqrtm(sigma1))
+    cross = np.real(scipy.linalg.sqrtm(r1 @ sigma2 @ r1))
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(sigma1 + sigma2 - 2 * cross)
+    got = frechet_distance(mu1, sigma1, mu2, sigma2)
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert got == pytest.approx(_reference_frechet(mu1, sigma1, mu2, sigma2), rel=1e-8)
+    # A distance: symmetric in its two arguments.
+    assert frechet_distance(mu2, sigma2, mu1, sigma1) == pytest.approx(got, rel=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dim=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    shift=st.floats(0.0, 5.0),
+)
+def test_frechet_agrees_with_scipy_reference_on_random_psd(dim, seed, shift):
+    rng = np.random.default_rng(seed)
+    mu1 = rng.standard_normal(dim)
+    mu2 = mu1 + shift * rng.standard_normal(dim)
+    sigma1 = _random_psd(rng, dim) + 1e-3 * np.eye(dim)
+    sigma2 = _random_psd(rng, dim) + 1e-3 * np.eye(dim)
+    got = frechet_distance(mu1, sigma1, mu2, sigma2)
+    expected = _reference_frechet(mu1, sigma1, mu2, sigma2)
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-8)
+
+
+def test_frechet_stable_for_singular_covariances():
+    # Features confined to a 3-dim subspace of R^40, fewer samples than dimensions: both
+    # covariances are singular. An isometric embedding must not change the distance.
+    rng = np.random.default_rng(3)
+    low1 = rng.standard_normal((30, 3))
+    low2 = rng.standard_normal((25, 3)) * [1.0, 2.0, 0.5] + 0.3
+    basis, _ = np.linalg.qr(rng.standard_normal((40, 3)))  # orthonormal columns
+    high1, high2 = low1 @ basis.T, low2 @ basis.T
+    expected = frechet_distance_from_features(low1, low2)
+    got = frechet_distance_from_features(high1, high2)
+    assert np.isfinite(got)
+    assert got == pytest.approx(expected, rel=1e-7)
+    assert frechet_distance_from_features(high1, high1) == pytest.approx(0.0, abs=1e-9)
+    # Dead (always-zero) feature columns, as after a ReLU.
+    dead = np.zeros((30, 5))
+    assert frechet_distance_from_features(
+        np.hstack([low1, dead]), np.hstack([low1, dead])
+    ) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_feature_statistics_matches_numpy():
+    f = np.random.default_rng(4).standard_normal((50, 4))
+    mu, sigma = feature_statistics(torch.from_numpy(f))
+    np.testing.assert_allclose(mu, f.mean(0))
+    np.testing.assert_allclose(sigma, np.cov(f, rowvar=False))
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda: frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4)), "mu1 and mu2"),
+        (lambda: frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3)), "sigma1"),
+        (lambda: frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), -np.eye(2)), "sigma2"),
+        (
+            lambda: frechet_distance(np.zeros(2), [[1.0, 0.5], [0.0, 1.0]], np.zeros(2), np.eye(2)),
+            "sigma1",
+        ),
+        (lambda: frechet_distance(np.zeros((2, 1)), np.eye(2), np.zeros(2), np.eye(2)), "mu1"),
+        (lambda: frechet_distance_from_features(np.ones((5, 3)), np.ones((5, 4))), "features1"),
+        (lambda: frechet_distance_from_features(np.ones((1, 3)), np.ones((5, 3))), "features1"),
+        (lambda: frechet_distance_from_features(np.ones((5, 3)), np.ones(5)), "features2"),
+        (lambda: feature_statistics(np.ones((1, 3))), "features"),
+        (lambda: feature_statistics(np.full((3, 2), np.nan)), "features"),
+    ],
+)
+def test_frechet_validation_names_the_argument(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()
+
+
+# --------------------------------------------------------------------------------------------
+# Precision and recall
+# --------------------------------------------------------------------------------------------
+
+
+def test_precision_recall_identical_sets_are_one():
+    f = np.random.default_rng(5).standard_normal((300, 8))
+    assert precision_recall(f, f.copy(), k=3) == (1.0, 1.0)
+
+
+def test_precision_recall_disjoint_far_sets_are_zero():
+    rng = np.random.default_rng(6)
+    real = rng.standard_normal((200, 8))
+    fake = rng.standard_normal((150, 8)) + 100.0
+    assert precision_recall(real, fake, k=3) == (0.0, 0.0)
+
+
+def test_precision_recall_hand_computed_case():
+    # Real points 0..4 on a line: with k = 1 every radius is 1. Fake {0.5, 10}: the first lies in
+    # the real manifold, the second not -> precision 1/2. Fake radii (k = 1) are both 9.5, so
+    # every real point lies within 9.5 of 0.5 -> recall 1.
+    real = np.arange(5.0)[:, None]
+    fake = np.array([[0.5], [10.0]])
+    np.testing.assert_allclose(knn_radii(real, k=1), np.ones(5))
+    assert precision_recall(real, fake, k=1) == (0.5, 1.0)
+    assert manifold_coverage(real, fake, k=1) == 0.5
+
+
+def test_precision_recall_chunking_does_not_change_the_result():
+    rng = np.random.default_rng(7)
+    real = rng.standard_normal((120, 5))
+    fake = rng.standard_normal((90, 5)) * 1.3 + 0.4
+    full = precision_recall(real, fake, k=3)
+    assert 0.0 < full[0] < 1.0 and 0.0 < full[1] < 1.0
+    assert precision_recall(real, fake, k=3, chunk_size=7) == full
+    np.testing.assert_allclose(knn_radii(real, 3, chunk_size=11), knn_radii(real, 3), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"real_features": np.ones((5, 3)), "fake_features": np.ones((5, 2))}, "real_features"),
+        ({"real_features": np.ones((3, 2)), "fake_features": np.ones((9, 2))}, "real_features"),
+        ({"real_features": np.ones((9, 2)), "fake_features": np.ones((3, 2))}, "fake_features"),
+        ({"real_features": np.ones((9, 2)), "fake_features": np.ones((9, 2)), "k": 0}, "k"),
+        ({"real_features": np.ones(9), "fake_features": np.ones((9, 1))}, "real_features"),
+    ],
+)
+def test_precision_recall_validation_names_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        precision_recall(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# KID
+# --------------------------------------------------------------------------------------------
+
+
+def test_polynomial_mmd2_matches_a_brute_force_loop():
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((7, 3)), rng.standard_normal((5, 3)) + 0.5
+
+    def k(a, b):
+        return (a @ b / 3 + 1) ** 3
+
+    xx = sum(k(x[i], x[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
+    yy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
+    xy = sum(k(x[i], y[j]) for i in range(7) for j in range(5)) / (7 * 5)
+    assert polynomial_mmd2(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
+
+
+def test_kid_of_a_set_with_itself_is_near_zero_and_grows_with_a_shift():
+    rng = np.random.default_rng(9)
+    real = rng.standard_normal((1000, 16))
+    other = rng.standard_normal((1000, 16))
+    same_mean, same_std = kernel_inception_distance(real, real, n_subsets=20, subset_size=200)
+    indep_mean, _ = kernel_inception_distance(real, other, n_subsets=20, subset_size=200)
+    shifted_mean, _ = kernel_inception_distance(real, other + 0.5, n_subsets=20, subset_size=200)
+    assert abs(same_mean) < 0.05 and abs(indep_mean) < 0.05
+    assert shifted_mean > 0.5
+    assert shifted_mean > 10 * abs(indep_mean)
+    assert same_std >= 0.0
+
+
+def test_kid_is_seedable():
+    rng = np.random.default_rng(10)
+    a, b = rng.standard_normal((300, 4)), rng.standard_normal((200, 4)) + 0.2
+    r1 = kernel_inception_distance(a, b, n_subsets=5, subset_size=50, seed=3)
+    r2 = kernel_inception_distance(a, b, n_subsets=5, subset_size=50, seed=3)
+    r3 = kernel_inception_distance(a, b, n_subsets=5, subset_size=50, seed=4)
+    assert r1 == r2 and r1 != r3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"fake_features": np.ones((5, 2))}, "real_features and fake_features"),
+        ({"n_subsets": 0}, "n_subsets"),
+        ({"subset_size": 1}, "subset_size"),
+        ({"real_features": np.ones((1, 3))}, "real_features"),
+    ],
+)
+def test_kid_validation_names_the_argument(kwargs, name):
+    args = {"real_features": np.ones((5, 3)), "fake_features": np.ones((5, 3))} | kwargs
+    with pytest.raises(ValueError, match=name):
+        kernel_inception_distance(**args)
+
+
+# --------------------------------------------------------------------------------------------
+# Feature networks
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    return load_digits_images(16)
+
+
+@pytest.fixture(scope="module")
+def digits_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("conprediff-cache")
+
+
+@pytest.fixture(scope="module")
+def digits8():
+    return load_digits_images(8)
+
+
+@pytest.fixture(scope="module")
+def trained_digits(digits_cache):
+    # One intra-op thread: on shared, busy cores a tiny network trains several times faster
+    # without thread oversubscription (about 3 s of CPU time at 8x8).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        started = time.perf_counter()
+        extractor = default_digits_extractor(8, cache_dir=digits_cache)
+        seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
+    return extractor, seconds
+
+
+def test_load_digits_images_range_and_shape(digits16):
+    x8, y8 = load_digits_images(8)
+    x16, y16 = digits16
+    assert x8.shape == (1797, 1, 8, 8) and x16.shape == (1797, 1, 16, 16)
+    assert x8.min() == -1.0 and x8.max() == 1.0
+    assert x16.min() >= -1.0 and x16.max() <= 1.0
+    assert torch.equal(y8, y16) and set(y8.tolist()) == set(range(10))
+
+
+def test_lenet_shapes_for_several_sizes():
+    model = LeNetClassifier(in_channels=3, n_classes=4, feature_dim=20)
+    for size in (8, 13, 32):
+        x = torch.rand(2, 3, size, size) * 2 - 1
+        assert model.features(x).shape == (2, 20)
+        assert model(x).shape == (2, 4)
+    with pytest.raises(ValueError, match="x must"):
+        model(torch.zeros(2, 3, 7, 7))
+    with pytest.raises(ValueError, match="width"):
+        LeNetClassifier(width=0)
+
+
+def test_digits_classifier_reaches_97_percent(trained_digits):
+    extractor, seconds = trained_digits
+    assert not extractor.loaded_from_cache_
+    assert extractor.test_accuracy_ >= 0.97, extractor.test_accuracy_
+    print(f"digits 8x8 classifier: accuracy {extractor.test_accuracy_:.4f} in {seconds:.1f} s")
+
+
+def test_cache_round_trip_loads_instead_of_retraining(trained_digits, digits_cache, digits8):
+    first, _ = trained_digits
+    images = digits8[0][:64]
+    started = time.perf_counter()
+    second = default_digits_extractor(8, cache_dir=digits_cache)
+    assert time.perf_counter() - started < 5.0
+    assert second.loaded_from_cache_
+    assert second.cache_path_ == first.cache_path_
+    assert second.test_accuracy_ == first.test_accuracy_
+    f1, f2 = first.extract(images), second.extract(images)
+    assert f1.shape == (64, 128) and f1.dtype == np.float64
+    np.testing.assert_array_equal(f1, f2)
+    meta = json.loads(first.cache_path_.with_suffix(".json").read_text())
+    assert meta["fingerprint"] == first.fingerprint_
+    assert meta["test_accuracy"] == first.test_accuracy_
+    assert {p.suffix for p in digits_cache.iterdir()} == {".safetensors", ".json"}
+
+
+def test_cache_dir_from_environment_and_different_data_retrains(tmp_path, monkeypatch, digits8):
+    monkeypatch.setenv("CONPREDIFF_CACHE", str(tmp_path))
+    x, y = digits8[0][:200], digits8[1][:200]
+    a = FeatureExtractor(epochs=1).fit(x, y)
+    assert a.cache_path_.parent == tmp_path and a.cache_path_.is_file()
+    assert not a.loaded_from_cache_
+    assert FeatureExtractor(epochs=1).fit(x, y).loaded_from_cache_
+    # Other data (or other training arguments) -> another fingerprint -> trained anew.
+    b = FeatureExtractor(epochs=1).fit(x[:150], y[:150])
+    assert not b.loaded_from_cache_ and b.fingerprint_ != a.fingerprint_
+    c = FeatureExtractor(epochs=2).fit(x, y)
+    assert not c.loaded_from_cache_
+    # A corrupt cache file is ignored with a warning and retrained.
+    a.cache_path_.write_bytes(b"not a safetensors file")
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        d = FeatureExtractor(epochs=1).fit(x, y)
+    assert not d.loaded_from_cache_
+    assert FeatureExtractor(epochs=1).fit(x, y).loaded_from_cache_
+    assert FeatureExtractor(epochs=1).get_params()["epochs"] == 1
+
+
+def test_extractor_with_user_module_and_weights_file(tmp_path):
+    torch.manual_seed(0)
+    net = LeNetClassifier(feature_dim=12)
+    images = torch.rand(10, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        expected = net.features(images).double().numpy()
+    # float32 convolutions may differ in the last bits between batch sizes.
+    got = FeatureExtractor(net).extract(images, batch_size=3)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    # Weights file plus architecture.
+    path = tmp_path / "net.safetensors"
+    save_file(net.state_dict(), str(path))
+    from_file = FeatureExtractor(weights=path, architecture=lambda: LeNetClassifier(feature_dim=12))
+    np.testing.assert_allclose(from_file.extract(images.numpy()), expected, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="do not fit architecture"):
+        FeatureExtractor(weights=path, architecture=LeNetClassifier(feature_dim=13)).fit()
+    # A plain callable returning (N, D, 1, 1) is flattened.
+    pooled = FeatureExtractor(lambda x: x.mean(dim=(2, 3), keepdim=True).repeat(1, 4, 1, 1))
+    assert pooled.extract(images).shape == (10, 4)
+    # The module's training mode is restored.
+    net.train()
+    FeatureExtractor(net).extract(images)
+    assert net.training
+
+
+def test_extractor_validation(tmp_path):
+    with pytest.raises(NotFittedError):
+        FeatureExtractor(cache_dir=tmp_path).extract(np.zeros((2, 1, 8, 8)))
+    with pytest.raises(ValueError, match="images and labels"):
+        FeatureExtractor(cache_dir=tmp_path).fit()
+    with pytest.raises(ValueError, match="architecture"):
+        FeatureExtractor(weights=tmp_path / "w.safetensors").fit()
+    with pytest.raises(ValueError, match="weights file not found"):
+        FeatureExtractor(weights=tmp_path / "w.safetensors", architecture=LeNetClassifier()).fit()
+    with pytest.raises(ValueError, match="images"):
+        FeatureExtractor(nn.Identity()).extract(np.zeros((2, 8)))
+    with pytest.raises(ValueError, match="labels"):
+        FeatureExtractor(cache_dir=tmp_path).fit(np.zeros((4, 8, 8)), np.zeros(3, dtype=int))
+    with pytest.raises(ValueError, match="labels"):
+        train_classifier(np.zeros((4, 8, 8)), [0.5, 1, 0, 1], epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="test_fraction"):
+        train_classifier(np.zeros((4, 8, 8)), [0, 1, 0, 1], epochs=1, test_fraction=1.0)
+    with pytest.raises(ValueError, match="images"):
+        train_classifier(np.zeros((4, 4, 4)), [0, 1, 0, 1], epochs=1)
+
+
+def test_evaluate_samples(trained_digits, digits8):
+    extractor, _ = trained_digits
+    x = digits8[0]
+    real, fake = x[:600], x[600:1200]
+    same = evaluate_samples(real, real, extractor, kid_subsets=5, kid_subset_size=200)
+    assert set(same) >= {"fid", "precision", "recall", "kid_mean", "kid_std"}
+    assert same["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert same["precision"] == 1.0 and same["recall"] == 1.0
+    held_out = evaluate_samples(real, fake, extractor, kid_subsets=5, kid_subset_size=200)
+    noise = evaluate_samples(
+        real, torch.rand_like(fake) * 2 - 1, extractor, kid_subsets=5, kid_subset_size=200
+    )
+    # Real digits against real digits score far better than noise against real digits.
+    assert held_out["fid"] < 0.1 * noise["fid"]
+    assert held_out["kid_mean"] < 0.1 * noise["kid_mean"]
+    assert held_out["precision"] > 0.5 and noise["precision"] < 0.1
