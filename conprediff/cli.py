@@ -29,10 +29,18 @@ def _add_training_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="batch size (%(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (%(default)s)")
     p.add_argument("--base-channels", type=int, default=32, help="UNet width (%(default)s)")
-    p.add_argument("--strides", type=int, nargs="+", default=[1, 2],
-                   help="context neighbourhood strides (%(default)s)")
-    p.add_argument("--no-context", action="store_true",
-                   help="train the plain baseline, without context prediction")
+    p.add_argument(
+        "--strides",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="context neighbourhood strides (%(default)s)",
+    )
+    p.add_argument(
+        "--no-context",
+        action="store_true",
+        help="train the plain baseline, without context prediction",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (%(default)s)")
 
@@ -70,8 +78,12 @@ def _model(args: argparse.Namespace):
 
     return ConPreDiffModel(
         backbone=UNet(base_channels=args.base_channels, channel_mults=(1, 2, 2)),
-        context=_context(args), max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, device=args.device,
+        context=_context(args),
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
     )
 
 
@@ -82,8 +94,10 @@ def _demo(args: argparse.Namespace) -> None:
     images, _ = load_digits_images(size=16)
     t0 = time.perf_counter()
     model = _model(args).fit(images)
-    print(f"trained {model.n_steps_} steps on {len(images)} digits in "
-          f"{time.perf_counter() - t0:.0f} s ({model.device_})")
+    print(
+        f"trained {model.n_steps_} steps on {len(images)} digits in "
+        f"{time.perf_counter() - t0:.0f} s ({model.device_})"
+    )
     samples = model.sample(args.n_samples, seed=args.seed)
     out = Path(args.out)
     print(save_image_grid(samples, out / "samples.png", data_range=model.data_range_))

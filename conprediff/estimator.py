@@ -34,7 +34,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is not available")
     return dev
@@ -196,7 +198,9 @@ class ConPreDiffModel(BaseEstimator):
         if self.data_range != "auto":
             lo_hi = self.data_range
             if not (isinstance(lo_hi, tuple | list) and len(lo_hi) == 2 and lo_hi[0] < lo_hi[1]):
-                raise ValueError(f"data_range must be 'auto' or (lo, hi) with lo < hi, got {lo_hi!r}")
+                raise ValueError(
+                    f"data_range must be 'auto' or (lo, hi) with lo < hi, got {lo_hi!r}"
+                )
         if self.backbone is not None and not isinstance(self.backbone, nn.Module):
             raise TypeError(
                 f"backbone must be a torch.nn.Module or None, got {type(self.backbone).__name__}"
@@ -275,7 +279,9 @@ class ConPreDiffModel(BaseEstimator):
                 raise
         shape = tuple(first.shape[1:])
         data_range = (
-            infer_data_range(first) if self.data_range == "auto" else tuple(map(float, self.data_range))
+            infer_data_range(first)
+            if self.data_range == "auto"
+            else tuple(map(float, self.data_range))
         )
 
         with torch.random.fork_rng(devices=[]):
@@ -306,8 +312,16 @@ class ConPreDiffModel(BaseEstimator):
             min_snr_gamma=self.min_snr_gamma,
         )
         try:
-            train_steps(backbone, head, cycle(loader), optimizer, state, n_steps, ema,
-                        progress=self.verbose > 0)
+            train_steps(
+                backbone,
+                head,
+                cycle(loader),
+                optimizer,
+                state,
+                n_steps,
+                ema,
+                progress=self.verbose > 0,
+            )
         except RuntimeError as err:
             if "stack expects each tensor to be equal size" in str(err):
                 raise ValueError(f"data holds images of varying size: {err}") from err
@@ -372,7 +386,11 @@ class ConPreDiffModel(BaseEstimator):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         steps = min(50, self.timesteps) if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.timesteps:
+        if (
+            isinstance(steps, bool)
+            or not isinstance(steps, int)
+            or not 1 <= steps <= self.timesteps
+        ):
             raise ValueError(f"steps must be an integer in [1, {self.timesteps}], got {steps!r}")
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
@@ -385,9 +403,18 @@ class ConPreDiffModel(BaseEstimator):
         out = []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            x = sample_loop(lambda x, t: net(x, t)[0], (b, *self.image_shape_), schedule,
-                            self.prediction, steps, sampler, eta, gen, device,
-                            progress=self.verbose > 0)
+            x = sample_loop(
+                lambda x, t: net(x, t)[0],
+                (b, *self.image_shape_),
+                schedule,
+                self.prediction,
+                steps,
+                sampler,
+                eta,
+                gen,
+                device,
+                progress=self.verbose > 0,
+            )
             out.append(from_unit(x, self.data_range_).cpu())
         return torch.cat(out)
 
@@ -421,10 +448,12 @@ class ConPreDiffModel(BaseEstimator):
                 tensors[f"{prefix}.{key}"] = value.detach().cpu().clone().contiguous()
         meta = {
             "format_version": _FORMAT_VERSION,
-            "params": to_jsonable({k: v for k, v in self.get_params(deep=False).items()
-                                   if k != "backbone"}),
+            "params": to_jsonable(
+                {k: v for k, v in self.get_params(deep=False).items() if k != "backbone"}
+            ),
             "backbone": to_jsonable(self.backbone_, "backbone")
-            if hasattr(self.backbone_, "get_params") else None,
+            if hasattr(self.backbone_, "get_params")
+            else None,
             "image_shape": list(self.image_shape_),
             "data_range": list(self.data_range_),
             "n_steps": self.n_steps_,
@@ -489,7 +518,9 @@ class ConPreDiffModel(BaseEstimator):
         dev = resolve_device(device)
 
         def restore(prefix: str, module: nn.Module) -> nn.Module:
-            state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+            state = {
+                k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")
+            }
             module.load_state_dict(state, strict=True)
             return module.to(dev).eval()
 

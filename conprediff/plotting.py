@@ -11,8 +11,11 @@ __all__ = ["image_grid", "save_image_grid", "plot_loss"]
 
 
 def image_grid(
-    images: torch.Tensor, nrow: int | None = None, data_range: tuple[float, float] = (-1.0, 1.0),
-    padding: int = 1, scale: int = 1,
+    images: torch.Tensor,
+    nrow: int | None = None,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    padding: int = 1,
+    scale: int = 1,
 ) -> np.ndarray:
     """Tile images ``(N, C, H, W)`` into one uint8 array ``(rows*(H+p)+p, cols*(W+p)+p, C)``.
 
@@ -32,13 +35,16 @@ def image_grid(
     for i in range(N):
         r, c = divmod(i, nrow)
         y0, x0 = padding + r * (H + padding), padding + c * (W + padding)
-        grid[:, y0:y0 + H, x0:x0 + W] = x[i]
+        grid[:, y0 : y0 + H, x0 : x0 + W] = x[i]
     return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def save_image_grid(
-    images: torch.Tensor, path: str | Path, nrow: int | None = None,
-    data_range: tuple[float, float] = (-1.0, 1.0), scale: int = 4,
+    images: torch.Tensor,
+    path: str | Path,
+    nrow: int | None = None,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    scale: int = 4,
 ) -> Path:
     """Write :func:`image_grid` of ``images`` ``(N, C, H, W)`` to a PNG at ``path``."""
     from PIL import Image
@@ -73,7 +79,7 @@ def plot_loss(history: dict[str, list[float]], path: str | Path, window: int = 5
     axes = np.atleast_1d(axes)
     w = max(1, min(window, len(history.get("point", [])) // 10))
     point = np.asarray(history.get("point", history.get("loss", [])), dtype=float)
-    steps = np.arange(len(point))[len(point) - len(_smooth(point, w)):]
+    steps = np.arange(len(point))[len(point) - len(_smooth(point, w)) :]
     axes[0].plot(steps, _smooth(point, w), color="C0")
     axes[0].set(title="point-wise diffusion loss", xlabel="step", ylabel="MSE", yscale="log")
     if has_ctx:

@@ -252,12 +252,14 @@ class NoiseSchedule(BaseEstimator):
         return coef0 * x0 + coeft * xt, _gather(tab["posterior_variance"], t, x0)
 
     def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        r""":math:`\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon) / \sqrt{\bar\alpha_t}`."""
+        r"""Clean sample: :math:`\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)
+        / \sqrt{\bar\alpha_t}`; shapes as ``xt``."""
         ab = _gather(self.alpha_bar, t, xt)
         return (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
 
     def predict_eps(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        r""":math:`\hat\varepsilon = (x_t - \sqrt{\bar\alpha_t}\,\hat x_0) / \sqrt{1-\bar\alpha_t}`."""
+        r"""Noise from clean sample: :math:`\hat\varepsilon = (x_t - \sqrt{\bar\alpha_t}\,\hat x_0)
+        / \sqrt{1-\bar\alpha_t}`; shapes as ``xt``."""
         ab = _gather(self.alpha_bar, t, xt)
         return (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
 

@@ -38,8 +38,9 @@ def to_jsonable(value: Any, name: str = "value") -> Any:
         cls = type(value)
         return {
             "__class__": f"{cls.__module__}.{cls.__qualname__}",
-            "params": {k: to_jsonable(v, f"{name}__{k}")
-                       for k, v in value.get_params(deep=False).items()},
+            "params": {
+                k: to_jsonable(v, f"{name}__{k}") for k, v in value.get_params(deep=False).items()
+            },
         }
     raise TypeError(
         f"cannot save parameter {name!r}: {type(value).__name__} is neither plain data nor a "

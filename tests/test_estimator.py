@@ -12,8 +12,14 @@ from conprediff import ConPreDiffModel, UNet
 
 
 def tiny(**kw):
-    params = dict(backbone=UNet(base_channels=8, channel_mults=(1, 2)), timesteps=20,
-                  max_steps=3, batch_size=8, seed=0, verbose=0)
+    params = dict(
+        backbone=UNet(base_channels=8, channel_mults=(1, 2)),
+        timesteps=20,
+        max_steps=3,
+        batch_size=8,
+        seed=0,
+        verbose=0,
+    )
     params.update(kw)
     return ConPreDiffModel(**params)
 
@@ -104,8 +110,10 @@ def test_save_load_round_trip_gives_identical_samples(fitted, tmp_path):
     assert loaded.get_params()["backbone__base_channels"] == 8
     assert loaded.loss_history_ == fitted.loss_history_
     assert torch.equal(loaded.sample(4, steps=5, seed=3), fitted.sample(4, steps=5, seed=3))
-    assert torch.equal(loaded.sample(2, steps=5, seed=3, use_ema=False),
-                       fitted.sample(2, steps=5, seed=3, use_ema=False))
+    assert torch.equal(
+        loaded.sample(2, steps=5, seed=3, use_ema=False),
+        fitted.sample(2, steps=5, seed=3, use_ema=False),
+    )
     assert b"pickle" not in path.read_bytes()[:200]
 
 
@@ -120,7 +128,9 @@ def test_load_refuses_foreign_classes(fitted, tmp_path):
         meta = json.loads(f.metadata()["conprediff"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     meta["backbone"] = {"__class__": "os.system", "params": {"command": "echo pwned"}}
-    save_file(tensors, str(tmp_path / "evil.safetensors"), metadata={"conprediff": json.dumps(meta)})
+    save_file(
+        tensors, str(tmp_path / "evil.safetensors"), metadata={"conprediff": json.dumps(meta)}
+    )
     with pytest.raises(ValueError, match="refusing"):
         ConPreDiffModel.load(tmp_path / "evil.safetensors")
 
@@ -211,9 +221,19 @@ def test_rejects_non_tensor_data():
 
 @pytest.mark.parametrize(
     ("param", "value"),
-    [("lr", 0), ("batch_size", 0), ("max_steps", -1), ("epochs", 0), ("timesteps", 1),
-     ("schedule", "quadratic"), ("prediction", "score"), ("ema_decay", 1.0),
-     ("data_range", (1, 0)), ("device", "tpu"), ("min_snr_gamma", -1.0)],
+    [
+        ("lr", 0),
+        ("batch_size", 0),
+        ("max_steps", -1),
+        ("epochs", 0),
+        ("timesteps", 1),
+        ("schedule", "quadratic"),
+        ("prediction", "score"),
+        ("ema_decay", 1.0),
+        ("data_range", (1, 0)),
+        ("device", "tpu"),
+        ("min_snr_gamma", -1.0),
+    ],
 )
 def test_rejects_bad_parameters_naming_them(images, param, value):
     name = "schedule kind" if param == "schedule" else param

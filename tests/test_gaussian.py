@@ -30,17 +30,22 @@ def _denoiser(seed):
     return f
 
 
-@given(seed=st.integers(0, 10_000), steps=st.integers(1, 100), pred=st.sampled_from(["eps", "v", "x0"]))
+@given(
+    seed=st.integers(0, 10_000), steps=st.integers(1, 100), pred=st.sampled_from(["eps", "v", "x0"])
+)
 def test_ddim_eta0_is_deterministic(seed, steps, pred):
     shape = (2, 1, 4, 4)
-    a = sample_loop(_denoiser(seed), shape, S, pred, steps, "ddim", 0.0,
-                    torch.Generator().manual_seed(seed))
-    b = sample_loop(_denoiser(seed), shape, S, pred, steps, "ddim", 0.0,
-                    torch.Generator().manual_seed(seed))
+    a = sample_loop(
+        _denoiser(seed), shape, S, pred, steps, "ddim", 0.0, torch.Generator().manual_seed(seed)
+    )
+    b = sample_loop(
+        _denoiser(seed), shape, S, pred, steps, "ddim", 0.0, torch.Generator().manual_seed(seed)
+    )
     assert torch.equal(a, b)
     # the only randomness is the initial noise: a different start gives a different result
-    c = sample_loop(_denoiser(seed), shape, S, pred, steps, "ddim", 0.0,
-                    torch.Generator().manual_seed(seed + 1))
+    c = sample_loop(
+        _denoiser(seed), shape, S, pred, steps, "ddim", 0.0, torch.Generator().manual_seed(seed + 1)
+    )
     assert not torch.equal(a, c)
 
 
@@ -103,7 +108,9 @@ def test_min_snr_weights():
     t = torch.tensor([0, 50, 99])
     snr = S.snr(t)
     torch.testing.assert_close(min_snr_weight(t, S, "eps", 5.0), (snr.clamp(max=5) / snr).float())
-    torch.testing.assert_close(min_snr_weight(t, S, "v", 5.0), (snr.clamp(max=5) / (snr + 1)).float())
+    torch.testing.assert_close(
+        min_snr_weight(t, S, "v", 5.0), (snr.clamp(max=5) / (snr + 1)).float()
+    )
     w = min_snr_weight(t, S, "x0", 5.0)
     assert w[0] == 5.0 and w[2] < 5.0
 
@@ -118,10 +125,18 @@ def test_ddim_timesteps():
 
 
 def test_ddpm_full_and_respaced_run():
-    a = sample_loop(_denoiser(0), (1, 1, 2, 2), S, "eps", 100, "ddpm",
-                    generator=torch.Generator().manual_seed(0))
-    b = sample_loop(_denoiser(0), (1, 1, 2, 2), S, "eps", 10, "ddpm",
-                    generator=torch.Generator().manual_seed(0))
+    a = sample_loop(
+        _denoiser(0),
+        (1, 1, 2, 2),
+        S,
+        "eps",
+        100,
+        "ddpm",
+        generator=torch.Generator().manual_seed(0),
+    )
+    b = sample_loop(
+        _denoiser(0), (1, 1, 2, 2), S, "eps", 10, "ddpm", generator=torch.Generator().manual_seed(0)
+    )
     assert torch.isfinite(a).all() and torch.isfinite(b).all()
     with pytest.raises(ValueError, match="sampler"):
         sample_loop(_denoiser(0), (1, 1, 2, 2), S, sampler="euler")

@@ -96,7 +96,9 @@ def test_cosine_matches_nichol_dhariwal_definition():
     torch.testing.assert_close(make_betas("cosine", T), torch.tensor(expected, dtype=torch.float64))
 
 
-@pytest.mark.parametrize(("kind", "T", "match"), [("quadratic", 10, "kind"), ("linear", 1, "timesteps")])
+@pytest.mark.parametrize(
+    ("kind", "T", "match"), [("quadratic", 10, "kind"), ("linear", 1, "timesteps")]
+)
 def test_bad_schedule_arguments(kind, T, match):
     with pytest.raises(ValueError, match=match):
         make_betas(kind, T)

@@ -130,14 +130,17 @@ class UNet(ModuleParamsMixin, nn.Module):
         self.num_classes = num_classes
         if in_channels is None:  # built by ConPreDiffModel once the data's channels are known
             return
-        for name, value in (("in_channels", in_channels), ("base_channels", base_channels),
-                            ("num_res_blocks", num_res_blocks)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("base_channels", base_channels),
+            ("num_res_blocks", num_res_blocks),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not self.channel_mults:
             raise ValueError("channel_mults must not be empty")
 
-        emb_dim = 4 * base_channels
+        emb_dim = 4 * base_channels * self.channel_mults[0]
         self.time_embed = TimestepEmbedding(base_channels, emb_dim)
         self.class_embed = (
             nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None

@@ -14,11 +14,11 @@ def load_digits_images(size: int = 16, mode: str = "upsample") -> tuple[torch.Te
 
     Parameters
     ----------
-    size : {8, 16}
-        Output side. ``16`` doubles the side, by ``mode``.
+    size : int
+        Output side, at least 8 (16 is the usual choice: it allows a 3-level UNet).
     mode : {'upsample', 'pad'}
-        ``'upsample'``: bilinear 2x upsampling; ``'pad'``: the 8x8 digit centred in a 16x16
-        background of -1.
+        How to reach ``size`` > 8: ``'upsample'`` resizes bilinearly (``align_corners=False``);
+        ``'pad'`` centres the 8x8 digit in a background of -1.
 
     Returns
     -------
@@ -30,18 +30,20 @@ def load_digits_images(size: int = 16, mode: str = "upsample") -> tuple[torch.Te
     """
     from sklearn.datasets import load_digits
 
-    if size not in (8, 16):
-        raise ValueError(f"size must be 8 or 16, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise ValueError(f"size must be an integer >= 8, got {size!r}")
     if mode not in ("upsample", "pad"):
         raise ValueError(f"mode must be 'upsample' or 'pad', got {mode!r}")
     bunch = load_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32))[:, None] / 8.0 - 1.0
-    if size == 16:
+    if size > 8:
         if mode == "upsample":
-            images = F.interpolate(images, size=(16, 16), mode="bilinear", align_corners=False)
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
             images = images.clamp(-1.0, 1.0)
         else:
-            images = F.pad(images, (4, 4, 4, 4), value=-1.0)
+            lo = (size - 8) // 2
+            hi = size - 8 - lo
+            images = F.pad(images, (lo, hi, lo, hi), value=-1.0)
     return images.contiguous(), torch.from_numpy(bunch.target.astype(np.int64))
 
 

@@ -31,7 +31,9 @@ class ImageFolder(Dataset):
     Items are float32 in ``[-1, 1]`` (``x / 127.5 - 1``).
     """
 
-    def __init__(self, root: str | Path, mode: str = "L", size: int | tuple[int, int] | None = None):
+    def __init__(
+        self, root: str | Path, mode: str = "L", size: int | tuple[int, int] | None = None
+    ):
         self.root = Path(root)
         self.mode = mode
         self.size = (size, size) if isinstance(size, int) else size

@@ -44,7 +44,10 @@ def check_prediction(prediction: str) -> str:
 
 
 def training_target(
-    x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    schedule: NoiseSchedule,
     prediction: str,
 ) -> torch.Tensor:
     """The regression target of the model's output for ``prediction``; shape of ``x0``."""
@@ -121,8 +124,12 @@ def diffusion_loss(
 
 
 def to_x0_eps(
-    out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule,
-    prediction: str, clip: tuple[float, float] | None = None,
+    out: torch.Tensor,
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    schedule: NoiseSchedule,
+    prediction: str,
+    clip: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Convert a model output into :math:`(\hat x_0, \hat\varepsilon)`.
 
@@ -153,10 +160,15 @@ def to_x0_eps(
 
 
 def ddpm_step(
-    out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule,
-    prediction: str, noise: torch.Tensor, clip: tuple[float, float] | None = (-1.0, 1.0),
+    out: torch.Tensor,
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    schedule: NoiseSchedule,
+    prediction: str,
+    noise: torch.Tensor,
+    clip: tuple[float, float] | None = (-1.0, 1.0),
 ) -> torch.Tensor:
-    r"""One ancestral step :math:`x_{t-1} \sim q(x_{t-1} \mid x_t, \hat x_0)` (Ho et al. 2020, Alg. 2).
+    r"""One ancestral step :math:`x_{t-1} \sim q(x_{t-1} \mid x_t, \hat x_0)` (Ho et al. 2020).
 
     .. math::
 
@@ -187,9 +199,15 @@ def ddpm_step(
 
 
 def ddim_step(
-    out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,
-    schedule: NoiseSchedule, prediction: str, eta: float = 0.0,
-    noise: torch.Tensor | None = None, clip: tuple[float, float] | None = (-1.0, 1.0),
+    out: torch.Tensor,
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    t_prev: torch.Tensor,
+    schedule: NoiseSchedule,
+    prediction: str,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+    clip: tuple[float, float] | None = (-1.0, 1.0),
 ) -> torch.Tensor:
     r"""One DDIM step from ``t`` to ``t_prev`` (Song et al. 2021, Eq. 12).
 

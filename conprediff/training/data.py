@@ -80,9 +80,14 @@ def as_loader(
         n = len(data)  # type: ignore[arg-type]
         if n == 0:
             raise ValueError("data is empty: the dataset has no items")
-        loader = DataLoader(data, batch_size=min(batch_size, n), shuffle=True,
-                            generator=generator, drop_last=n >= batch_size,
-                            collate_fn=_collate_same_size)
+        loader = DataLoader(
+            data,
+            batch_size=min(batch_size, n),
+            shuffle=True,
+            generator=generator,
+            drop_last=n >= batch_size,
+            collate_fn=_collate_same_size,
+        )
         return loader, n
     images = check_images(data, "data")
     tensors = [images]
@@ -95,8 +100,13 @@ def as_loader(
             )
         tensors.append(labels.long())
     n = images.shape[0]
-    loader = DataLoader(TensorDataset(*tensors), batch_size=min(batch_size, n), shuffle=True,
-                        generator=generator, drop_last=n >= batch_size)
+    loader = DataLoader(
+        TensorDataset(*tensors),
+        batch_size=min(batch_size, n),
+        shuffle=True,
+        generator=generator,
+        drop_last=n >= batch_size,
+    )
     return loader, n
 
 

