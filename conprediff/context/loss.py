@@ -1,0 +1,417 @@
+r"""The context-prediction term of ConPreDiff.
+
+.. math::
+
+    L = L_{point}(t) + \lambda_t \cdot \frac{1}{P} \sum_{i} \frac{1}{|S|} \sum_{s \in S}
+    W_2^2\big(\psi_n(h_i, t),\ P_{N_i^s}\big)
+
+:class:`ContextPrediction` is the configuration (a scikit-learn estimator: the constructor stores
+its arguments, :meth:`ContextPrediction.build` validates them); :class:`ContextHead` is the
+``nn.Module`` it builds, holding the decoder's weights and computing the term from the backbone's
+last hidden features. The head is used in training only: sampling never calls it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from typing import NamedTuple
+
+import torch
+from sklearn.base import BaseEstimator
+from torch import nn
+
+from conprediff.context.decoders import GaussianDecoder, SampledDecoder
+from conprediff.context.neighborhoods import NeighborhoodSampler
+from conprediff.context.weights import resolve_weight
+from conprediff.wasserstein import GaussianW2, resolve_metric, weighted_moments
+
+__all__ = ["ContextPrediction", "ContextHead", "ContextOutput"]
+
+_TARGETS = ("x0", "posterior")
+_DECODERS = ("sampled", "gaussian")
+
+
+class ContextOutput(NamedTuple):
+    r"""What :meth:`ContextHead.forward` returns.
+
+    Attributes
+    ----------
+    loss : torch.Tensor
+        Scalar :math:`\frac1P \sum_i \lambda_{t(i)} \frac{1}{|S|} \sum_s W_2^2(\psi_n(h_i, t),
+        P_{N_i^s})`, differentiable in the decoder's parameters and the features.
+    w2 : torch.Tensor
+        Scalar, detached: the same mean without :math:`\lambda_t` (for logging).
+    """
+
+    loss: torch.Tensor
+    w2: torch.Tensor
+
+
+def _positive_int(value, name: str) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _accepts_generator(module: nn.Module) -> bool:
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "generator" or p.kind == p.VAR_KEYWORD for p in params)
+
+
+class ContextPrediction(BaseEstimator):
+    r"""Configuration of the context term: neighbourhoods, decoder, metric, :math:`\lambda_t`.
+
+    Parameters
+    ----------
+    strides : tuple of int, default=(1, 2)
+        Neighbourhood strides :math:`S`; one W2 term per stride, averaged.
+    shape : {'ring', 'square'}, default='ring'
+        Neighbourhood shape (see :class:`~conprediff.context.neighborhoods.NeighborhoodSampler`).
+    border : {'drop', 'reflect'}, default='drop'
+        Treatment of neighbours outside the grid.
+    decoder : {'sampled', 'gaussian'} or callable, default='sampled'
+        ``'sampled'``: :class:`~conprediff.context.decoders.SampledDecoder` (Q reparameterised
+        samples, compared with the neighbours by ``metric``); ``'gaussian'``:
+        :class:`~conprediff.context.decoders.GaussianDecoder` (a closed-form Gaussian, compared with
+        the neighbours' moment-matched Gaussian by the Bures–Wasserstein formula, full covariance);
+        or a factory ``decoder(in_features, out_channels) -> nn.Module`` whose forward
+        ``(h (P, F), t (P,)[, generator=...]) -> (P, Q, C)`` returns samples like
+        :class:`SampledDecoder` (``generator`` is passed when its forward accepts it).
+    latent_dim : int, default=16
+        Latent size of the built-in decoders.
+    hidden : int, default=64
+        Trunk width of the built-in decoders.
+    n_samples : int or None, default=None
+        Samples ``Q`` per point for ``'sampled'``; None means the largest neighbourhood size
+        ``K`` over the strides. Ignored by the other decoders.
+    metric : str or metric object, default='auto'
+        W2 metric for sample-based decoders (see :func:`conprediff.wasserstein.resolve_metric`;
+        'auto' is the exact sorting solver for one channel). With ``decoder='gaussian'`` it must
+        be ``'auto'``, ``'gaussian'`` or a :class:`~conprediff.wasserstein.GaussianW2`.
+    weight : float or weight object, default=1.0
+        :math:`\lambda_t` (see :mod:`conprediff.context.weights`); a float is a constant.
+    target : {'x0', 'posterior'}, default='x0'
+        The map whose neighbours are predicted: the clean sample :math:`x_0`, or the posterior
+        mean :math:`\tilde\mu_t(x_0, x_t)` of :math:`x_{t-1}` (``schedule.posterior``).
+    point_fraction : float, default=1.0
+        In ``(0, 1]``: the term is computed on ``max(1, round(point_fraction * B * H * W))``
+        points drawn without replacement at every call.
+
+    Notes
+    -----
+    The constructor stores its arguments only; :meth:`build` validates them (``ValueError``
+    naming the parameter). ``get_params(deep=True)`` reaches into ``weight`` and ``metric``
+    objects (``weight__value``, ``metric__n_projections``), so :func:`sklearn.base.clone` and
+    grid searches work.
+
+    Examples
+    --------
+    >>> import torch
+    >>> head = ContextPrediction(strides=(1,)).build(feature_channels=8, data_channels=1)
+    >>> out = head(torch.randn(2, 8, 5, 5), torch.tensor([3, 7]), torch.randn(2, 1, 5, 5))
+    >>> out.loss.shape, bool(out.w2 >= 0)
+    (torch.Size([]), True)
+    """
+
+    def __init__(
+        self,
+        strides=(1, 2),
+        shape: str = "ring",
+        border: str = "drop",
+        decoder="sampled",
+        latent_dim: int = 16,
+        hidden: int = 64,
+        n_samples: int | None = None,
+        metric="auto",
+        weight=1.0,
+        target: str = "x0",
+        point_fraction: float = 1.0,
+    ):
+        self.strides = strides
+        self.shape = shape
+        self.border = border
+        self.decoder = decoder
+        self.latent_dim = latent_dim
+        self.hidden = hidden
+        self.n_samples = n_samples
+        self.metric = metric
+        self.weight = weight
+        self.target = target
+        self.point_fraction = point_fraction
+
+    def build(self, feature_channels: int, data_channels: int) -> ContextHead:
+        """Validate the parameters and build a fresh head.
+
+        Parameters
+        ----------
+        feature_channels : int
+            ``F``, channels of the backbone's last hidden feature map.
+        data_channels : int
+            ``C``, channels of the targets (``x0``).
+
+        Returns
+        -------
+        ContextHead
+            A new ``nn.Module`` with freshly initialised decoder weights.
+
+        Raises
+        ------
+        ValueError
+            Naming the first invalid parameter.
+        """
+        feature_channels = _positive_int(feature_channels, "feature_channels")
+        data_channels = _positive_int(data_channels, "data_channels")
+        sampler = NeighborhoodSampler(self.strides, self.shape, self.border)
+        strides = sampler._check()
+        k_max = max(sampler.size(s) for s in strides)
+        latent_dim = _positive_int(self.latent_dim, "latent_dim")
+        hidden = _positive_int(self.hidden, "hidden")
+        n_samples = k_max if self.n_samples is None else _positive_int(self.n_samples, "n_samples")
+        if self.target not in _TARGETS:
+            raise ValueError(f"target must be one of {_TARGETS}, got {self.target!r}")
+        pf = self.point_fraction
+        if not isinstance(pf, numbers.Real) or isinstance(pf, bool) or not 0 < pf <= 1:
+            raise ValueError(f"point_fraction must be a number in (0, 1], got {pf!r}")
+        weight = resolve_weight(self.weight, "weight")
+
+        if isinstance(self.decoder, str):
+            if self.decoder not in _DECODERS:
+                raise ValueError(
+                    f"decoder must be one of {_DECODERS} or a factory "
+                    f"(in_features, out_channels) -> nn.Module, got {self.decoder!r}"
+                )
+            kind = self.decoder
+        elif callable(self.decoder):
+            kind = "custom"
+        else:
+            raise ValueError(
+                f"decoder must be one of {_DECODERS} or a factory "
+                f"(in_features, out_channels) -> nn.Module, got {self.decoder!r}"
+            )
+
+        if kind == "gaussian":
+            if isinstance(self.metric, GaussianW2):
+                metric = self.metric
+            elif isinstance(self.metric, str) and self.metric.lower() in ("auto", "gaussian"):
+                # the closed form is exact between Gaussians; for C == 1 'diag' is the same formula
+                metric = GaussianW2("diag" if data_channels == 1 else "full", validate=False)
+            else:
+                raise ValueError(
+                    "metric must be 'auto', 'gaussian' or a GaussianW2 with decoder='gaussian' "
+                    f"(its prediction is a Gaussian in closed form), got {self.metric!r}"
+                )
+            module = GaussianDecoder(feature_channels, data_channels, latent_dim, hidden)
+        else:
+            try:
+                metric = resolve_metric(self.metric, data_channels)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"metric: {err}") from None
+            if isinstance(self.metric, str) and "validate" in metric.get_params():
+                # the sampler's weights are valid by construction: skip the per-call checks
+                metric.set_params(validate=False)
+            if kind == "sampled":
+                module = SampledDecoder(
+                    feature_channels, data_channels, latent_dim, hidden, n_samples=n_samples
+                )
+            else:
+                module = self.decoder(feature_channels, data_channels)
+                if not isinstance(module, nn.Module):
+                    raise ValueError(
+                        "decoder: the factory must return an nn.Module, got "
+                        f"{type(module).__name__}"
+                    )
+        return ContextHead(
+            module,
+            sampler=sampler,
+            metric=metric,
+            weight=weight,
+            kind=kind,
+            target=self.target,
+            point_fraction=float(pf),
+            feature_channels=feature_channels,
+            data_channels=data_channels,
+        )
+
+
+class ContextHead(nn.Module):
+    r"""The context decoder and the computation of the context term (training only).
+
+    Built by :meth:`ContextPrediction.build`; its ``state_dict`` holds the decoder's weights only.
+    The neighbourhood sampler, the metric and :math:`\lambda_t` are plain attributes.
+
+    Parameters
+    ----------
+    decoder : nn.Module
+        The context decoder.
+    sampler : NeighborhoodSampler
+        Gathers the neighbourhoods (validated).
+    metric : callable
+        W2² metric ``(x, y, x_weights, y_weights) -> (P,)`` (sample-based decoders), or a
+        :class:`~conprediff.wasserstein.GaussianW2` (``kind='gaussian'``).
+    weight : callable
+        :math:`\lambda_t`: ``weight(t, schedule) -> (B,)``.
+    kind : {'sampled', 'gaussian', 'custom'}
+        How the decoder's output is read.
+    target : {'x0', 'posterior'}
+        Which map's neighbours are predicted.
+    point_fraction : float
+        Fraction of the points used per call.
+    feature_channels, data_channels : int
+        ``F`` and ``C``.
+    """
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        *,
+        sampler: NeighborhoodSampler,
+        metric,
+        weight,
+        kind: str,
+        target: str,
+        point_fraction: float,
+        feature_channels: int,
+        data_channels: int,
+    ):
+        super().__init__()
+        self.decoder = decoder
+        self.sampler = sampler
+        self.strides = sampler._check()
+        self.metric = metric
+        self.weight = weight
+        self.kind = kind
+        self.target = target
+        self.point_fraction = point_fraction
+        self.feature_channels = feature_channels
+        self.data_channels = data_channels
+        self._pass_generator = kind == "sampled" or (
+            kind == "custom" and _accepts_generator(decoder)
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"kind={self.kind!r}, strides={self.strides}, shape={self.sampler.shape!r}, "
+            f"border={self.sampler.border!r}, target={self.target!r}, "
+            f"point_fraction={self.point_fraction}"
+        )
+
+    def n_points(self, n_total: int) -> int:
+        """Number of points used per call for a batch of ``n_total = B * H * W`` points."""
+        if self.point_fraction >= 1.0:
+            return n_total
+        return min(n_total, max(1, round(self.point_fraction * n_total)))
+
+    def _check(self, features, t, x0, xt, schedule) -> None:
+        if not isinstance(features, torch.Tensor) or features.ndim != 4:
+            raise ValueError("features must be a (B, F, H, W) tensor")
+        if not isinstance(x0, torch.Tensor) or x0.ndim != 4:
+            raise ValueError("x0 must be a (B, C, H, W) tensor")
+        B, F, H, W = features.shape
+        if F != self.feature_channels:
+            raise ValueError(
+                f"features must have F = {self.feature_channels} channels, "
+                f"got {tuple(features.shape)}"
+            )
+        if x0.shape[0] != B or x0.shape[1] != self.data_channels:
+            raise ValueError(
+                f"x0 must be ({B}, {self.data_channels}, H, W) for features of shape "
+                f"{tuple(features.shape)}, got {tuple(x0.shape)}"
+            )
+        if x0.shape[2:] != features.shape[2:]:
+            raise ValueError(
+                f"features must lie on the grid of x0: features are {H}x{W} but x0 is "
+                f"{x0.shape[2]}x{x0.shape[3]}"
+            )
+        if not isinstance(t, torch.Tensor) or t.shape != (B,):
+            raise ValueError(f"t must be a ({B},) tensor of integer timesteps")
+        if self.target == "posterior":
+            if schedule is None:
+                raise ValueError("schedule is required with target='posterior'")
+            if not isinstance(xt, torch.Tensor) or xt.shape != x0.shape:
+                raise ValueError(
+                    f"xt of shape {tuple(x0.shape)} is required with target='posterior'"
+                )
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        t: torch.Tensor,
+        x0: torch.Tensor,
+        xt: torch.Tensor | None = None,
+        schedule=None,
+        generator: torch.Generator | None = None,
+    ) -> ContextOutput:
+        r"""The context term for one batch.
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            ``(B, F, H, W)`` the backbone's last hidden features :math:`h`, on the grid of ``x0``.
+        t : torch.Tensor
+            ``(B,)`` integer timesteps.
+        x0 : torch.Tensor
+            ``(B, C, H, W)`` clean samples.
+        xt : torch.Tensor, optional
+            ``(B, C, H, W)`` noisy samples; required with ``target='posterior'``.
+        schedule : NoiseSchedule, optional
+            Required with ``target='posterior'`` and by schedule-dependent weights.
+        generator : torch.Generator, optional
+            On the features' device: draws the point subset and the decoder's samples.
+
+        Returns
+        -------
+        ContextOutput
+            ``(loss, w2)``: the :math:`\lambda_t`-weighted mean over points of the stride-averaged
+            :math:`W_2^2`, and its unweighted, detached value.
+
+        Notes
+        -----
+        Targets are computed without gradient. Under ``torch.autocast`` the decoder runs in the
+        autocast dtype, and its output and the targets are cast to float32 before the metric.
+        """
+        self._check(features, t, x0, xt, schedule)
+        B, F, H, W = features.shape
+        hw = H * W
+        n_total = B * hw
+        device = features.device
+
+        with torch.no_grad():
+            y = x0 if self.target == "x0" else schedule.posterior(x0, xt, t)[0]
+            y = y.detach().float()
+        lam = self.weight(t, schedule).to(device=device, dtype=torch.float32)
+
+        n = self.n_points(n_total)
+        h = features.permute(0, 2, 3, 1).reshape(n_total, F)
+        if n < n_total:
+            index = torch.randperm(n_total, generator=generator, device=device)[:n]
+            h = h[index]
+            image = index // hw
+        else:
+            index = None
+            image = torch.arange(B, device=device).repeat_interleave(hw)
+        tp = t.to(device)[image]
+        neighbourhoods = self.sampler.gather(y, index)
+
+        if self.kind == "gaussian":
+            mean, cov = self.decoder(h, tp)
+            mean, cov = mean.float(), cov.float()
+            if self.metric.covariance == "diag":
+                cov = torch.diagonal(cov, dim1=1, dim2=2)
+            terms = []
+            for values, weights in neighbourhoods:
+                mean_y, cov_y = weighted_moments(values, weights, self.metric.covariance)
+                terms.append(self.metric.from_moments(mean, cov, mean_y, cov_y))
+        else:
+            if self._pass_generator:
+                samples = self.decoder(h, tp, generator=generator)
+            else:
+                samples = self.decoder(h, tp)
+            samples = samples.float()
+            terms = [self.metric(samples, v, None, w) for v, w in neighbourhoods]
+        w2 = torch.stack(terms).mean(0) if len(terms) > 1 else terms[0]
+        loss = (lam[image] * w2).mean()
+        return ContextOutput(loss, w2.detach().mean())

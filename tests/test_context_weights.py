@@ -1,0 +1,92 @@
+"""lambda_t schedules: values at known timesteps, truncation, resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.base import clone
+
+from conprediff.context.weights import (
+    ConstantWeight,
+    DecayingWeight,
+    SNRWeight,
+    TruncatedWeight,
+    resolve_weight,
+)
+from conprediff.schedules import NoiseSchedule
+
+T = 10
+SCHEDULE = NoiseSchedule("linear", T)
+t = torch.tensor([0, 5, 9])
+
+
+def test_constant():
+    lam = ConstantWeight(0.3)(t)
+    assert lam.dtype == torch.float32 and lam.shape == (3,)
+    assert lam.tolist() == pytest.approx([0.3, 0.3, 0.3])
+    assert ConstantWeight()(t, SCHEDULE).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_decaying():
+    lam = DecayingWeight(value=2.0, power=1.0)(t, SCHEDULE)
+    assert lam.tolist() == pytest.approx([2.0, 1.0, 0.2])  # 2 (1 - t / 10)
+    lam = DecayingWeight(value=1.0, power=2.0)(t, SCHEDULE)
+    assert lam.tolist() == pytest.approx([1.0, 0.25, 0.01])
+    assert DecayingWeight(power=0.0)(t, SCHEDULE).tolist() == pytest.approx([1.0] * 3)
+
+
+def test_snr():
+    ab = SCHEDULE.alpha_bar[t]
+    lam = SNRWeight(0.5)(t, SCHEDULE)
+    assert lam.dtype == torch.float32
+    assert lam.tolist() == pytest.approx((0.5 * ab).tolist(), rel=1e-6)
+    snr = SCHEDULE.snr(t)
+    assert lam.tolist() == pytest.approx((0.5 * snr / (1 + snr)).tolist(), rel=1e-6)
+    # linear schedule rescaled to T = 10: beta_0 = 1e-4 * 1000 / 10, so alpha_bar_0 = 0.99
+    assert lam[0].item() == pytest.approx(0.5 * 0.99, rel=1e-6)
+    assert bool((lam[1:] < lam[:-1]).all())  # largest at low noise
+
+
+def test_truncated():
+    lam = TruncatedWeight(DecayingWeight(2.0), t_max=5)(t, SCHEDULE)
+    assert lam.tolist() == pytest.approx([2.0, 1.0, 0.0])
+    lam = TruncatedWeight(0.7, t_max=4)(t)  # float base: constant, no schedule needed
+    assert lam.tolist() == pytest.approx([0.7, 0.0, 0.0])
+    assert TruncatedWeight(1.0, t_max=9)(t).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_schedule_required():
+    for weight in (DecayingWeight(), SNRWeight(), TruncatedWeight(SNRWeight(), 3)):
+        with pytest.raises(ValueError, match="schedule"):
+            weight(t)
+
+
+def test_resolve_weight():
+    w = resolve_weight(0.25)
+    assert isinstance(w, ConstantWeight) and w.value == 0.25
+    d = DecayingWeight()
+    assert resolve_weight(d) is d
+    with pytest.raises(ValueError, match="weight"):
+        resolve_weight("big")
+    with pytest.raises(ValueError, match="weight"):
+        resolve_weight(-1.0)
+
+
+def test_validation_names_the_parameter():
+    with pytest.raises(ValueError, match="value"):
+        ConstantWeight(-1.0)(t)
+    with pytest.raises(ValueError, match="power"):
+        DecayingWeight(power=-1.0)(t, SCHEDULE)
+    with pytest.raises(ValueError, match="t_max"):
+        TruncatedWeight(1.0, t_max=2.5)(t)
+    with pytest.raises(ValueError, match="base"):
+        TruncatedWeight("x", t_max=2)(t)
+
+
+def test_params_and_clone():
+    w = TruncatedWeight(DecayingWeight(0.5, 2.0), t_max=3)
+    params = w.get_params(deep=True)
+    assert params["base__value"] == 0.5 and params["base__power"] == 2.0
+    c = clone(w).set_params(base__power=1.0)
+    assert c.base.power == 1.0 and w.base.power == 2.0
+    assert c(t, SCHEDULE).tolist() == pytest.approx([0.5, 0.0, 0.0])
