@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,17 @@ from .backbones.unet import UNet
 from .diffusion.gaussian import check_prediction, sample_loop
 from .schedules import NoiseSchedule, make_betas
 from .serialization import from_jsonable, to_jsonable
-from .training.data import as_loader, check_images, cycle, from_unit, infer_data_range, split_batch
-from .training.ema import EMA
-from .training.loop import TrainState, train_steps
+from .training import distributed
+from .training.checkpoint import read_checkpoint, read_latest_checkpoint
+from .training.data import (
+    BatchStream,
+    as_loader,
+    check_images,
+    from_unit,
+    infer_data_range,
+    split_batch,
+)
+from .training.loop import DiffusionObjective, TrainConfig, Trainer
 
 __all__ = ["ConPreDiffModel", "resolve_device"]
 
@@ -40,6 +49,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is not available")
     return dev
+
+
+def _random_seed(dist_info: distributed.DistInfo) -> int:
+    """A fresh seed, the same on every rank (rank 0's, broadcast)."""
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    if dist_info.enabled:
+        import torch.distributed as dist
+
+        box = [seed]
+        dist.broadcast_object_list(box, src=0)
+        seed = int(box[0])
+    return seed
 
 
 def _default_backbone(channels: int, height: int, width: int) -> UNet:
@@ -96,6 +117,31 @@ class ConPreDiffModel(BaseEstimator):
     ema_decay : float, optional
         Decay of the exponential moving average of the backbone's weights (with warm-up);
         ``sample`` uses the average by default. ``None`` disables it.
+    precision : {'fp32', 'bf16', 'fp16'}
+        Autocast precision of the forward pass (a gradient scaler with ``'fp16'``); losses and
+        the W2 metric are computed in float32.
+    compile : bool
+        ``torch.compile`` the backbone for training.
+    grad_accum_steps : int
+        Micro-batches per optimisation step (the effective batch is ``batch_size`` times this).
+    grad_clip : float, optional
+        Clip the global gradient norm (backbone and decoder together) to this value.
+    lr_warmup_steps : int
+        Linear learning-rate warm-up.
+    lr_schedule : {'constant', 'cosine', 'linear'}
+        Learning-rate decay after warm-up (to 0 at the last step for cosine and linear).
+    on_nonfinite : {'raise', 'skip'}
+        A non-finite loss stops training with a ``FloatingPointError`` naming the step and the
+        loss terms, before any weight, EMA or checkpoint is touched; ``'skip'`` drops that step
+        instead (recorded in ``loss_history_['skipped']``).
+    log_every : int
+        Steps between calls of ``fit``'s ``callback``.
+    checkpoint_dir : str or Path, optional
+        Folder for training checkpoints (safetensors, written atomically by rank 0).
+    checkpoint_every : int, optional
+        Steps between checkpoints; ``None`` writes none.
+    keep_checkpoints : int
+        How many of the newest checkpoints to keep.
     data_range : 'auto' or tuple of float
         Range ``(lo, hi)`` of the data, mapped onto ``[-1, 1]`` for training; samples come back in
         it. ``'auto'`` takes the smallest of ``[0, 1]``, ``[-1, 1]``, ``[0, 255]`` holding the data
@@ -152,6 +198,17 @@ class ConPreDiffModel(BaseEstimator):
         max_steps: int = 1000,
         epochs: int | None = None,
         ema_decay: float | None = 0.999,
+        precision: str = "fp32",
+        compile: bool = False,
+        grad_accum_steps: int = 1,
+        grad_clip: float | None = None,
+        lr_warmup_steps: int = 0,
+        lr_schedule: str = "constant",
+        on_nonfinite: str = "raise",
+        log_every: int = 50,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        keep_checkpoints: int = 3,
         data_range: str | tuple[float, float] = "auto",
         device: str = "auto",
         seed: int | None = None,
@@ -169,6 +226,17 @@ class ConPreDiffModel(BaseEstimator):
         self.max_steps = max_steps
         self.epochs = epochs
         self.ema_decay = ema_decay
+        self.precision = precision
+        self.compile = compile
+        self.grad_accum_steps = grad_accum_steps
+        self.grad_clip = grad_clip
+        self.lr_warmup_steps = lr_warmup_steps
+        self.lr_schedule = lr_schedule
+        self.on_nonfinite = on_nonfinite
+        self.log_every = log_every
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
         self.data_range = data_range
         self.device = device
         self.seed = seed
@@ -195,6 +263,32 @@ class ConPreDiffModel(BaseEstimator):
             raise ValueError(f"min_snr_gamma must be positive or None, got {self.min_snr_gamma!r}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if self.lr_schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(
+                f"lr_schedule must be 'constant', 'cosine' or 'linear', got {self.lr_schedule!r}"
+            )
+        if self.on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
+        for name in ("grad_accum_steps", "log_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.lr_warmup_steps, int) or self.lr_warmup_steps < 0:
+            raise ValueError(
+                f"lr_warmup_steps must be an integer >= 0, got {self.lr_warmup_steps!r}"
+            )
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
+        if self.checkpoint_every is not None:
+            if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+                raise ValueError(
+                    f"checkpoint_every must be a positive integer or None, got "
+                    f"{self.checkpoint_every!r}"
+                )
+            if self.checkpoint_dir is None:
+                raise ValueError("checkpoint_every needs checkpoint_dir to be set")
         if self.data_range != "auto":
             lo_hi = self.data_range
             if not (isinstance(lo_hi, tuple | list) and len(lo_hi) == 2 and lo_hi[0] < lo_hi[1]):
@@ -238,7 +332,14 @@ class ConPreDiffModel(BaseEstimator):
         return NoiseSchedule(self.schedule, self.timesteps)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, data: Any, y: Any = None) -> ConPreDiffModel:
+    def fit(
+        self,
+        data: Any,
+        y: Any = None,
+        *,
+        resume: str | Path | None = None,
+        callback: Callable[[dict[str, float]], None] | None = None,
+    ) -> ConPreDiffModel:
         """Train the model.
 
         Parameters
@@ -249,6 +350,15 @@ class ConPreDiffModel(BaseEstimator):
         y : array-like, optional
             ``(N,)`` labels beside a tensor or array (kept for conditional models; unused by an
             unconditional backbone).
+        resume : {'latest'} or path, optional
+            Continue a run from a checkpoint: ``'latest'`` takes the newest readable checkpoint
+            in ``checkpoint_dir`` (falling back to an older one if the newest is damaged, and
+            starting afresh with a warning if there is none); a path takes that file. The model
+            must be constructed with the same parameters and given the same data; the run then
+            continues exactly as if it had not stopped.
+        callback : callable, optional
+            Called on rank 0 every ``log_every`` steps with a dict: ``step``, each loss term,
+            ``lr`` and ``images_per_second``.
 
         Returns
         -------
@@ -260,12 +370,17 @@ class ConPreDiffModel(BaseEstimator):
         ValueError
             On images that are not 4-dimensional, empty, non-finite, or of varying size, and on
             invalid parameters (the message names the parameter).
+        FloatingPointError
+            On a non-finite loss with ``on_nonfinite='raise'`` (naming the step and the terms).
         """
         self._check_params()
         device = resolve_device(self.device)
-        seed = self.seed if self.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
-        data_gen = torch.Generator().manual_seed(seed)
-        loader, n_items = as_loader(data, y, self.batch_size, data_gen)
+        dist_info, device = distributed.setup(device)
+        seed = self.seed if self.seed is not None else _random_seed(dist_info)
+        loader, n_items = as_loader(
+            data, y, self.batch_size, seed, dist_info.world_size, dist_info.rank
+        )
+        stream = BatchStream(loader)
         if isinstance(data, torch.Tensor | np.ndarray):
             first = check_images(data, "data")
         else:
@@ -291,53 +406,83 @@ class ConPreDiffModel(BaseEstimator):
             if self.context is not None:
                 torch.manual_seed(seed + 1)  # separate stream: the backbone init is unchanged
                 head = self.context.build(backbone.feature_channels, shape[0]).to(device)
-        params = list(backbone.parameters()) + (list(head.parameters()) if head is not None else [])
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        ema = EMA(backbone, self.ema_decay) if self.ema_decay is not None else None
 
         n_steps = self.max_steps
         if self.epochs is not None:
             try:
-                n_steps = self.epochs * len(loader)
+                n_steps = self.epochs * len(loader) // self.grad_accum_steps
             except TypeError:
                 raise ValueError("epochs needs data of known length; use max_steps") from None
-        state = TrainState(
+        config = TrainConfig(
             schedule=self._schedule(),
             prediction=self.prediction,
             data_range=data_range,
             image_shape=shape,
             device=device,
-            noise_generator=torch.Generator(device).manual_seed(seed + 2),
-            context_generator=torch.Generator(device).manual_seed(seed + 3),
+            lr=float(self.lr),
+            max_steps=n_steps,
             min_snr_gamma=self.min_snr_gamma,
+            precision=self.precision,
+            grad_accum_steps=self.grad_accum_steps,
+            grad_clip=self.grad_clip,
+            lr_warmup_steps=self.lr_warmup_steps,
+            lr_schedule=self.lr_schedule,
+            on_nonfinite=self.on_nonfinite,
+            log_every=self.log_every,
+            checkpoint_dir=None if self.checkpoint_dir is None else str(self.checkpoint_dir),
+            checkpoint_every=self.checkpoint_every,
+            keep_checkpoints=self.keep_checkpoints,
+            channels_last=device.type == "cuda",
         )
+        trainer = Trainer(
+            DiffusionObjective(backbone, head),
+            stream,
+            config,
+            dist_info,
+            seed,
+            ema_decay=self.ema_decay,
+            weight_decay=self.weight_decay,
+            compile=self.compile,
+        )
+        if resume is not None:
+            self._resume(trainer, resume)
         try:
-            train_steps(
-                backbone,
-                head,
-                cycle(loader),
-                optimizer,
-                state,
-                n_steps,
-                ema,
-                progress=self.verbose > 0,
-            )
+            trainer.run(callback=callback, progress=self.verbose > 0)
         except RuntimeError as err:
             if "stack expects each tensor to be equal size" in str(err):
                 raise ValueError(f"data holds images of varying size: {err}") from err
             raise
 
-        self.backbone_ = backbone.eval()
-        self.ema_backbone_ = ema.module if ema is not None else None
+        to_plain = {"memory_format": torch.contiguous_format}
+        self.backbone_ = backbone.to(**to_plain).eval()
+        self.ema_backbone_ = trainer.ema.module.to(**to_plain) if trainer.ema else None
         self.context_head_ = head
         self.image_shape_ = shape
         self.data_range_ = data_range
-        self.n_steps_ = state.step
-        self.loss_history_ = state.history
+        self.n_steps_ = trainer.state.step
+        self.loss_history_ = trainer.state.history
         self.device_ = device
         self.seed_ = seed
         self.n_items_seen_ = n_items
+        self.world_size_ = dist_info.world_size
         return self
+
+    def _resume(self, trainer: Trainer, resume: str | Path) -> None:
+        if resume == "latest":
+            if self.checkpoint_dir is None:
+                raise ValueError("resume='latest' needs checkpoint_dir to be set")
+            try:
+                _, state = read_latest_checkpoint(self.checkpoint_dir)
+            except FileNotFoundError:
+                warnings.warn(
+                    f"resume='latest': no checkpoint in {str(self.checkpoint_dir)!r}; "
+                    "starting from scratch",
+                    stacklevel=3,
+                )
+                return
+        else:
+            state = read_checkpoint(resume)
+        trainer.load_state_dict(state)
 
     # ------------------------------------------------------------------ sampling
     def _denoiser(self, use_ema: bool) -> nn.Module:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["as_loader", "split_batch", "check_images", "infer_data_range", "to_unit", "from_unit"]
+__all__ = [
+    "BatchStream",
+    "as_loader",
+    "check_images",
+    "from_unit",
+    "infer_data_range",
+    "split_batch",
+    "to_unit",
+]
 
 
 def check_images(x: Any, name: str = "data") -> torch.Tensor:
@@ -61,53 +71,140 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
 
 
 def as_loader(
-    data: Any, y: Any, batch_size: int, generator: torch.Generator
-) -> tuple[DataLoader | Any, int | None]:
+    data: Any, y: Any, batch_size: int, seed: int, world_size: int = 1, rank: int = 0
+) -> tuple[Any, int | None]:
     """Wrap ``data`` as an iterable of batches.
+
+    A tensor, array or Dataset gets a DataLoader over a
+    :class:`~torch.utils.data.distributed.DistributedSampler` (shuffled with ``seed`` and the epoch;
+    with one process it is a plain seeded shuffle), so one process and N processes visit the same
+    global batches; each of N processes loads ``batch_size / N`` images. A DataLoader is used as
+    it is; under DDP without a ``DistributedSampler`` a warning says that every rank sees all data.
 
     Returns
     -------
     loader : iterable
-        The user's DataLoader unchanged, or a shuffling DataLoader over a tensor/array/Dataset.
     n_items : int or None
         Number of images when known.
     """
     if isinstance(data, DataLoader):
         if y is not None:
             raise ValueError("y must be None when data is a DataLoader (yield (images, labels))")
+        if world_size > 1 and not isinstance(data.sampler, DistributedSampler):
+            warnings.warn(
+                "data is a DataLoader without a DistributedSampler: under DDP every rank iterates "
+                "over all of it; pass the Dataset (fit shards it) or use a DistributedSampler",
+                stacklevel=3,
+            )
         return data, None
     if isinstance(data, Dataset):
-        n = len(data)  # type: ignore[arg-type]
-        if n == 0:
-            raise ValueError("data is empty: the dataset has no items")
-        loader = DataLoader(
-            data,
-            batch_size=min(batch_size, n),
-            shuffle=True,
-            generator=generator,
-            drop_last=n >= batch_size,
-            collate_fn=_collate_same_size,
+        dataset, collate = data, _collate_same_size
+    else:
+        images = check_images(data, "data")
+        tensors = [images]
+        if y is not None:
+            labels = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y
+            if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+                raise ValueError(
+                    f"y must be 1-dimensional with one label per image ({images.shape[0]}), "
+                    f"got shape {tuple(labels.shape)}"
+                )
+            tensors.append(labels.long())
+        dataset, collate = TensorDataset(*tensors), None
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("data is empty: it holds no images")
+    if batch_size % world_size:
+        raise ValueError(
+            f"batch_size ({batch_size}) must be divisible by the number of processes ({world_size})"
         )
-        return loader, n
-    images = check_images(data, "data")
-    tensors = [images]
-    if y is not None:
-        labels = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y
-        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"y must be 1-dimensional with one label per image ({images.shape[0]}), "
-                f"got shape {tuple(labels.shape)}"
-            )
-        tensors.append(labels.long())
-    n = images.shape[0]
-    loader = DataLoader(
-        TensorDataset(*tensors),
-        batch_size=min(batch_size, n),
+    per_rank = min(batch_size // world_size, max(1, n // world_size))
+    sampler = DistributedSampler(
+        dataset,
+        num_replicas=world_size,
+        rank=rank,
         shuffle=True,
-        generator=generator,
-        drop_last=n >= batch_size,
+        seed=seed,
+        drop_last=n >= world_size,
+    )
+    loader = DataLoader(
+        dataset, batch_size=per_rank, sampler=sampler, drop_last=n >= batch_size, collate_fn=collate
     )
     return loader, n
+
+
+class BatchStream:
+    """Endless batches from a loader, with a position that can be saved and replayed exactly.
+
+    At the start of each epoch the stream records the CPU random state and the loader's generator
+    state (a shuffling sampler draws from them when the epoch's iterator is created) and calls the
+    sampler's ``set_epoch``; :meth:`load_state_dict` restores those, re-creates the epoch's
+    iterator and skips the batches already consumed, so the next batch is the one the interrupted
+    run would have drawn.
+    """
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+        self.epoch = 0
+        self.index = 0
+        self.last_batch_size = 0
+        self._it: Iterator[Any] | None = None
+        self._epoch_rng: dict[str, Any] = {}
+
+    def _start_epoch(self) -> None:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        gen = getattr(self.loader, "generator", None)
+        self._epoch_rng = {
+            "cpu": torch.get_rng_state(),
+            "loader": gen.get_state() if gen is not None else None,
+        }
+        self._it = iter(self.loader)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._it is None:
+            self._start_epoch()
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            if self.index == 0:
+                raise ValueError("data is empty: it yielded no batch") from None
+            self.epoch += 1
+            self.index = 0
+            self._start_epoch()
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                raise ValueError("data is empty: it yielded no batch") from None
+        self.index += 1
+        images = split_batch(batch)[0]
+        self.last_batch_size = int(images.shape[0]) if hasattr(images, "shape") else 0
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch, batches consumed in it, and the random states at the epoch's start."""
+        if self._it is None:
+            return {"epoch": 0, "index": 0, "cpu": None, "loader": None}
+        return {"epoch": self.epoch, "index": self.index, **self._epoch_rng}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at a saved position (see the class documentation)."""
+        self.epoch, self.index = int(state["epoch"]), 0
+        if state["cpu"] is None:
+            self._it = None
+            return
+        torch.set_rng_state(state["cpu"])
+        gen = getattr(self.loader, "generator", None)
+        if gen is not None and state["loader"] is not None:
+            gen.set_state(state["loader"])
+        self._start_epoch()
+        for _ in range(int(state["index"])):
+            next(self._it)
+        self.index = int(state["index"])
 
 
 def _collate_same_size(items: list[Any]) -> Any:
@@ -144,14 +241,3 @@ def from_unit(x: torch.Tensor, data_range: tuple[float, float]) -> torch.Tensor:
     """Map ``[-1, 1]`` affinely back onto ``data_range``."""
     lo, hi = data_range
     return (x + 1.0) * ((hi - lo) / 2.0) + lo
-
-
-def cycle(loader: Any) -> Iterator[Any]:
-    """Iterate over ``loader`` again and again (a fresh epoch each pass)."""
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("data is empty: the DataLoader yielded no batch")
