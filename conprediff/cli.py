@@ -1,4 +1,4 @@
-"""Command line: ``conprediff demo | train | sample``.
+"""Command line: ``conprediff demo | train | sample | inpaint``.
 
 Run ``conprediff <command> --help`` for the options of each command.
 """
@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conprediff", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train on the embedded digits; write samples and loss plot")
+    demo = sub.add_parser(
+        "demo", help="train on the embedded digits; write samples, loss plot and inpainting"
+    )
     _add_training_args(demo, steps=1500)
     demo.add_argument("--out", default="outputs", help="output folder (%(default)s)")
     demo.add_argument("--n-samples", type=int, default=64, help="images to sample (%(default)s)")
@@ -69,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=int, default=50, help="DDIM steps (%(default)s)")
     sample.add_argument("--seed", type=int, default=0, help="sampling seed (%(default)s)")
     sample.add_argument("--device", default="auto")
+
+    inpaint = sub.add_parser("inpaint", help="fill the missing pixels of an image (RePaint)")
+    inpaint.add_argument("image", help="image file (PNG/JPEG) of the model's size")
+    inpaint.add_argument("mask", help="mask image of the same size: white = missing")
+    inpaint.add_argument(
+        "--model",
+        default="outputs/model.safetensors",
+        help="model file (%(default)s, written by conprediff demo)",
+    )
+    inpaint.add_argument("--out", default="inpainted.png", help="result PNG (%(default)s)")
+    inpaint.add_argument("--steps", type=int, default=250, help="reverse steps (%(default)s)")
+    inpaint.add_argument("--jump-length", type=int, default=10, help="(%(default)s)")
+    inpaint.add_argument("--jump-n-sample", type=int, default=10, help="(%(default)s)")
+    inpaint.add_argument("--seed", type=int, default=0)
+    inpaint.add_argument("--device", default="auto")
     return parser
 
 
@@ -103,6 +120,22 @@ def _demo(args: argparse.Namespace) -> None:
     print(save_image_grid(samples, out / "samples.png", data_range=model.data_range_))
     print(plot_loss(model.loss_history_, out / "loss.png"))
     print(model.save(out / "model.safetensors"))
+    print(_demo_inpainting(model, images, out / "inpaint.png", args.seed))
+
+
+def _demo_inpainting(model, images, path: Path, seed: int) -> Path:
+    """Inpaint six digits, one per mask family of the paper's Table 2, into one figure."""
+    import torch
+
+    from .inpainting import MASK_FAMILIES, make_mask
+    from .plotting import plot_inpainting
+
+    families = list(MASK_FAMILIES)
+    H, W = images.shape[-2:]
+    picks = images[-len(families) :]  # the last digits of the set
+    masks = torch.stack([make_mask(f, H, W, seed=seed)[None] for f in families])
+    filled = model.inpaint(picks, masks, steps=100, jump_length=10, jump_n_sample=5, seed=seed)
+    return plot_inpainting(picks, masks, filled, families, path, data_range=model.data_range_)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -122,11 +155,50 @@ def _sample(args: argparse.Namespace) -> None:
     print(save_image_grid(images, args.out, data_range=model.data_range_))
 
 
+def _read_image(path: str, channels: int):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr.copy()) / 255.0
+
+
+def _inpaint(args: argparse.Namespace) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from .estimator import ConPreDiffModel
+
+    model = ConPreDiffModel.load(args.model, device=args.device)
+    lo, hi = model.data_range_
+    image = _read_image(args.image, model.image_shape_[0]) * (hi - lo) + lo
+    with Image.open(args.mask) as m:
+        mask = m.convert("L")
+        mask = mask.point(lambda v: 255 if v >= 128 else 0)
+        result = model.inpaint(
+            image,
+            mask,
+            steps=args.steps,
+            jump_length=args.jump_length,
+            jump_n_sample=args.jump_n_sample,
+            seed=args.seed,
+        )
+    arr = ((result - lo) / (hi - lo)).clamp(0, 1).mul(255).round().byte().numpy()
+    arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(arr)).save(args.out)
+    print(args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``conprediff`` command."""
     args = build_parser().parse_args(argv)
     try:
-        {"demo": _demo, "train": _train, "sample": _sample}[args.command](args)
+        commands = {"demo": _demo, "train": _train, "sample": _sample, "inpaint": _inpaint}
+        commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"conprediff {args.command}: error: {err}", file=sys.stderr)
         return 2

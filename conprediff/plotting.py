@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["image_grid", "save_image_grid", "plot_loss"]
+__all__ = ["image_grid", "save_image_grid", "plot_loss", "plot_inpainting"]
 
 
 def image_grid(
@@ -88,6 +88,52 @@ def plot_loss(history: dict[str, list[float]], path: str | Path, window: int = 5
         axes[1].set(title="context term: mean W2² (before λ_t)", xlabel="step", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_inpainting(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    results: torch.Tensor,
+    titles: list[str],
+    path: str | Path,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+) -> Path:
+    """One column per example: the image, the mask (white = missing) and the inpainted result.
+
+    ``images`` and ``results`` are ``(N, C, H, W)``, ``masks`` ``(N, 1 or C, H, W)`` bool.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = images.shape[0]
+    lo, hi = data_range
+    fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5.0), squeeze=False)
+
+    def show(ax, x):
+        x = ((x.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+        if x.shape[0] == 1:
+            ax.imshow(x[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(x.permute(1, 2, 0).numpy())
+
+    for i in range(n):
+        show(axes[0, i], images[i])
+        axes[1, i].imshow(masks[i, 0].float().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        show(axes[2, i], results[i])
+        axes[0, i].set_title(titles[i], fontsize=8)
+    for ax, label in zip(axes[:, 0], ("image", "mask", "result"), strict=True):
+        ax.set_ylabel(label)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

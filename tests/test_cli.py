@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conprediff.cli import main
@@ -13,12 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "3", "--base-channels", "8", "--batch-size", "16"]
 
 
-def test_demo_writes_samples_loss_and_model(tmp_path, capsys):
-    assert main(["demo", *TINY, "--out", str(tmp_path), "--n-samples", "4"]) == 0
-    printed = capsys.readouterr().out
-    for name in ("samples.png", "loss.png", "model.safetensors"):
-        assert (tmp_path / name).is_file() and str(tmp_path / name) in printed
-    with Image.open(tmp_path / "samples.png") as img:
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", *TINY, "--out", str(out), "--n-samples", "4"]) == 0
+    return out
+
+
+def test_demo_writes_samples_loss_inpainting_and_model(demo_dir):
+    for name in ("samples.png", "loss.png", "inpaint.png", "model.safetensors"):
+        assert (demo_dir / name).is_file()
+    with Image.open(demo_dir / "samples.png") as img:
         assert img.size[0] > 16
 
 
@@ -60,3 +66,19 @@ def test_quickstart_example_runs(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "loss.png").is_file()
+
+
+def test_inpaint_command_keeps_known_pixels(demo_dir, tmp_path):
+    digit = np.zeros((16, 16), dtype=np.uint8)
+    digit[4:12, 6:10] = 255
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[:, 8:] = 255  # right half missing
+    Image.fromarray(digit).save(tmp_path / "digit.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "filled.png"
+    assert main(["inpaint", str(tmp_path / "digit.png"), str(tmp_path / "mask.png"),
+                 "--model", str(demo_dir / "model.safetensors"), "--steps", "5",
+                 "--out", str(out)]) == 0
+    filled = np.asarray(Image.open(out))
+    assert filled.shape == (16, 16)
+    np.testing.assert_array_equal(filled[:, :8], digit[:, :8])  # known half kept
