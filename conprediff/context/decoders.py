@@ -88,7 +88,9 @@ class _GaussianLatent(nn.Module):
         # a batch has few distinct timesteps (one per image): embed those and index back
         t_unique, inverse = torch.unique(t, return_inverse=True)
         emb = timestep_embedding(t_unique, self.time_dim).to(h.dtype)
-        z = nn.functional.silu(self.feature_proj(h) + self.time_proj(emb)[inverse])
+        # index_select rather than [inverse]: its backward is a fast index_add, not index_put
+        time_bias = torch.index_select(self.time_proj(emb), 0, inverse)
+        z = nn.functional.silu(self.feature_proj(h) + time_bias)
         mu, logvar = self.heads(z).chunk(2, dim=-1)
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
