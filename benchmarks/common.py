@@ -1,0 +1,79 @@
+"""Shared pieces of the benchmarks: one training step, alternating timing, machine description."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from conprediff.schedules import NoiseSchedule
+from conprediff.training.loop import DiffusionObjective
+
+
+def machine() -> str:
+    """CPU model, torch threads and version (and the GPU when there is one)."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def train_step(
+    backbone: torch.nn.Module, head: torch.nn.Module | None, x0: torch.Tensor,
+    precision: str = "fp32", seed: int = 0,
+) -> Callable[[], None]:
+    """A closure doing one full training step (forward, backward, AdamW) on ``x0``."""
+    device = x0.device
+    obj = DiffusionObjective(backbone, head).to(device)
+    if device.type == "cuda":
+        obj = obj.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(obj.parameters(), lr=1e-4,
+                            **({"fused": True} if device.type == "cuda" else {}))
+    gen = torch.Generator(device).manual_seed(seed)
+    schedule = NoiseSchedule("cosine", 1000)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+    def step() -> None:
+        t = torch.randint(0, 1000, (x0.shape[0],), device=device, generator=gen)
+        noise = torch.randn(x0.shape, device=device, generator=gen)
+        with torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32"):
+            loss, _ = obj(x0, t, noise, schedule, "eps", None, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def time_alternating(
+    steps: dict[str, Callable[[], None]], repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each closure, calling them in turn so load hits all alike."""
+    cuda = torch.cuda.is_available()
+    for _ in range(warmup):
+        for f in steps.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for name, f in steps.items():
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            f()
+            if cuda:
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1e3

@@ -1,0 +1,76 @@
+"""Training-step time with context prediction divided by without: same backbone, same batch.
+
+A UNet of about 1.4M parameters on 1x28x28 images, batch 64, strides (1, 2), ring
+neighbourhoods; every configuration and the baseline are timed in turn in one process (medians).
+
+    python benchmarks/context_overhead.py [--repeats 20] [--device cpu] [--out FILE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from common import machine, median_ms, time_alternating, train_step
+
+from conprediff import ContextPrediction, UNet
+
+CONFIGS = {
+    "sampled, Q=8, sorted W2 (metric 'auto')": dict(),
+    "sampled, point_fraction=0.5": dict(point_fraction=0.5),
+    "sampled, point_fraction=0.25": dict(point_fraction=0.25),
+    "sampled, latent_dim=8": dict(latent_dim=8),
+    "sampled, latent_dim=8, point_fraction=0.5": dict(latent_dim=8, point_fraction=0.5),
+    "sampled, latent_dim=4": dict(latent_dim=4),
+    "sampled, latent_dim=4, point_fraction=0.5": dict(latent_dim=4, point_fraction=0.5),
+    "sampled, sliced W2 (64 projections)": dict(metric="sliced"),
+    "sampled, Sinkhorn W2": dict(metric="sinkhorn"),
+    "sampled, Gaussian W2 (moment-matched)": dict(metric="gaussian"),
+    "gaussian decoder, closed-form W2": dict(decoder="gaussian"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", nargs="*", default=None, help="subset of configuration names")
+    ap.add_argument("--out", default=None, help="also write the table to this markdown file")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    x0 = torch.rand(args.batch, 1, 28, 28, device=device) * 2 - 1
+
+    def backbone():
+        torch.manual_seed(0)
+        return UNet(in_channels=1, base_channels=16, channel_mults=(2, 4, 5)).to(device)
+
+    steps = {"baseline (no context)": train_step(backbone(), None, x0)}
+    configs = {k: v for k, v in CONFIGS.items() if args.only is None or k in args.only}
+    for name, kw in configs.items():
+        net = backbone()
+        head = ContextPrediction(strides=(1, 2), **kw).build(net.feature_channels, 1).to(device)
+        steps[name] = train_step(net, head, x0)
+    times = time_alternating(steps, args.repeats, args.warmup)
+    base = median_ms(times["baseline (no context)"])
+    lines = [
+        f"Machine: {machine()}; device {device}; batch {args.batch} x 1x28x28; UNet "
+        f"(32, 64, 80), 1.34M parameters; {args.repeats} alternating repeats after "
+        f"{args.warmup} warm-up; medians.",
+        "",
+        "| configuration | median ms / step | step time / baseline |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, v in times.items():
+        lines.append(f"| {name} | {median_ms(v):.0f} | {median_ms(v) / base:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
