@@ -16,18 +16,20 @@ from common import machine, median_ms, time_alternating, train_step
 
 from conprediff import ContextPrediction, UNet
 
+# Every setting is spelled out, so a change of ContextPrediction's defaults cannot relabel a row.
 CONFIGS = {
-    "sampled, Q=8, sorted W2 (metric 'auto')": dict(),
-    "sampled, point_fraction=0.5": dict(point_fraction=0.5),
-    "sampled, point_fraction=0.25": dict(point_fraction=0.25),
-    "sampled, latent_dim=8": dict(latent_dim=8),
-    "sampled, latent_dim=8, point_fraction=0.5": dict(latent_dim=8, point_fraction=0.5),
-    "sampled, latent_dim=4": dict(latent_dim=4),
-    "sampled, latent_dim=4, point_fraction=0.5": dict(latent_dim=4, point_fraction=0.5),
-    "sampled, sliced W2 (64 projections)": dict(metric="sliced"),
-    "sampled, Sinkhorn W2": dict(metric="sinkhorn"),
-    "sampled, Gaussian W2 (moment-matched)": dict(metric="gaussian"),
-    "gaussian decoder, closed-form W2": dict(decoder="gaussian"),
+    "default: sampled, latent 8, point_fraction 0.5, sorted W2": dict(),
+    "sampled, latent 16, every point (deck's decoder, no subsampling)": dict(
+        latent_dim=16, point_fraction=1.0
+    ),
+    "sampled, latent 8, every point": dict(latent_dim=8, point_fraction=1.0),
+    "sampled, latent 8, point_fraction 0.25": dict(latent_dim=8, point_fraction=0.25),
+    "sampled, latent 4, point_fraction 0.5": dict(latent_dim=4, point_fraction=0.5),
+    "sampled (default) + SlicedW2, 64 projections": dict(metric="sliced"),
+    "sampled (default) + SinkhornW2, eps 1e-2, 100 iterations": dict(metric="sinkhorn"),
+    "sampled (default) + GaussianW2 on the samples": dict(metric="gaussian"),
+    "gaussian decoder, closed form, every point": dict(decoder="gaussian", point_fraction=1.0),
+    "gaussian decoder, closed form, point_fraction 0.5": dict(decoder="gaussian"),
 }
 
 

@@ -4,7 +4,7 @@ Both models have about 1.4M parameters and do the same step (ε-prediction MSE o
 images, batch 64, AdamW) in the same process, alternating, so machine noise hits both alike.
 diffusers is needed only here: ``pip install diffusers``.
 
-    python benchmarks/train_speed.py [--repeats 30] [--threads N] [--out docs/benchmarks]
+    python benchmarks/train_speed.py [--repeats 30] [--threads N] [--out outputs/benchmarks]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default="docs/benchmarks")
+    ap.add_argument("--out", default="outputs/benchmarks")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

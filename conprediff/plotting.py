@@ -56,6 +56,18 @@ def save_image_grid(
     return path
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Tighten the layout, write ``fig`` to ``path`` (creating folders) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     if len(values) < window or window < 2:
         return values
@@ -88,12 +100,7 @@ def plot_loss(history: dict[str, list[float]], path: str | Path, window: int = 5
         axes[1].set(title="context term: mean W2² (before λ_t)", xlabel="step", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_inpainting(
@@ -134,9 +141,4 @@ def plot_inpainting(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

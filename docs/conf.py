@@ -28,5 +28,5 @@ autodoc_typehints = "description"
 autodoc_inherit_docstrings = False
 html_theme = "furo"
 html_title = "conprediff"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "benchmarks/*_table.md"]
 suppress_warnings = ["myst.header"]

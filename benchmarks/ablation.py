@@ -1,0 +1,752 @@
+"""Ablation: ConPreDiff against the same backbone without context prediction, with paired seeds.
+
+Every arm (the baseline, ``context=None``, and each ConPreDiff variant) is trained with the same
+seeds: with the same seed the estimator gives both arms the same backbone initialisation, the same
+batches, timesteps and noise (separate generators), so the only difference within a pair is the
+context term. Every model samples with the same noise (``sample(seed=--sample-seed)``, DDIM) from
+its EMA weights (decay 0.999 with warm-up). FID, precision/recall and KID are computed in the
+features of a LeNet trained on the data set (cached) at several checkpoints of training: each
+(arm, seed) run is trained in segments, ``max_steps`` increasing and ``resume='latest'`` from its
+own checkpoint folder (constant learning rate, so the segments are exactly one long run), and
+sampled at the end of each segment.
+
+The report gives, per ConPreDiff arm and step, each paired difference (ConPreDiff - baseline FID,
+same seed), their mean with a 95 % t-interval and the fraction of pairs in ConPreDiff's favour; the
+same at equal wall-clock time (the baseline's FID interpolated at the arm's cumulative training
+time, the baseline being trained on past the last step for that purpose); precision, recall and
+KID; a markdown table and a figure (FID against steps, mean +- s.d. over seeds).
+
+Resumable: one JSON per (arm, seed, step) under ``--out``; a rerun skips the finished ones and
+resumes training from the checkpoints. ``--report-only`` rewrites the report from what is there.
+
+    python benchmarks/ablation.py --quick                       # smoke run (numbers mean nothing)
+    python benchmarks/ablation.py --estimate                    # projected wall time of the run
+    python benchmarks/ablation.py --dataset digits --seeds 5    # the main comparison
+    python benchmarks/ablation.py --sweep strides lambda metric target point-fraction
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from conprediff import ConPreDiffModel, UNet
+from conprediff.context import (
+    ContextPrediction,
+    DecayingWeight,
+    SNRWeight,
+    TruncatedWeight,
+)
+from conprediff.evaluation import (
+    FeatureExtractor,
+    LeNetClassifier,
+    frechet_distance_from_features,
+    kernel_inception_distance,
+    precision_recall,
+)
+from conprediff.training.checkpoint import list_checkpoints
+
+BASELINE = "baseline"
+DEFAULT = "conprediff"
+
+
+# ------------------------------------------------------------------------------------------ arms
+def arm_catalogue(timesteps: int) -> dict[str, dict[str, Any] | None]:
+    """Every arm by name: ``None`` is the baseline, a dict the ``ContextPrediction`` arguments
+    that differ from the library's defaults (strides (1, 2), lambda 1, sampled decoder with the
+    exact sorted W2 ('auto'), x0 targets, point_fraction 0.5)."""
+    return {
+        BASELINE: None,
+        DEFAULT: {},
+        "strides=1": {"strides": (1,)},
+        "strides=1,2": {"strides": (1, 2)},
+        "strides=1,2,3": {"strides": (1, 2, 3)},
+        "lambda=0.1": {"weight": 0.1},
+        "lambda=1": {"weight": 1.0},
+        "lambda=decaying": {"weight": DecayingWeight(1.0, power=1.0)},
+        "lambda=snr": {"weight": SNRWeight(1.0)},
+        "lambda=truncated": {"weight": TruncatedWeight(1.0, t_max=timesteps // 2 - 1)},
+        "metric=auto": {"metric": "auto"},
+        "metric=gaussian": {"decoder": "gaussian"},
+        "target=x0": {"target": "x0"},
+        "target=posterior": {"target": "posterior"},
+        "point_fraction=0.25": {"point_fraction": 0.25},
+        "point_fraction=0.5": {"point_fraction": 0.5},
+        "point_fraction=1": {"point_fraction": 1.0},
+    }
+
+
+SWEEPS = {
+    "main": [DEFAULT],
+    "strides": ["strides=1", "strides=1,2", "strides=1,2,3"],
+    "lambda": ["lambda=0.1", "lambda=1", "lambda=decaying", "lambda=snr", "lambda=truncated"],
+    "metric": ["metric=auto", "metric=gaussian"],
+    "target": ["target=x0", "target=posterior"],
+    "point-fraction": ["point_fraction=0.25", "point_fraction=0.5", "point_fraction=1"],
+}
+
+
+def make_context(kwargs: dict[str, Any] | None) -> ContextPrediction | None:
+    return None if kwargs is None else ContextPrediction(**kwargs)
+
+
+def config_key(kwargs: dict[str, Any] | None) -> str:
+    """A canonical text of an arm's full configuration (to find arms that are the same run)."""
+    if kwargs is None:
+        return "None"
+    params = ContextPrediction(**kwargs).get_params(deep=False)
+    return "ContextPrediction(" + ", ".join(f"{k}={params[k]!r}" for k in sorted(params)) + ")"
+
+
+def select_arms(args: argparse.Namespace, timesteps: int) -> tuple[list[str], dict[str, str]]:
+    """The arms to run (baseline first, duplicates removed) and the aliases dropped."""
+    catalogue = arm_catalogue(timesteps)
+    names = [BASELINE]
+    for sweep in args.sweep:
+        for group in SWEEPS if sweep == "all" else [sweep]:
+            names += SWEEPS[group]
+    names += args.arms or []
+    # the canonical name of a configuration is its first name in the catalogue ('conprediff' for
+    # the defaults), so the same run keeps the same results folder whichever sweep asks for it
+    canonical: dict[str, str] = {}
+    for name, kwargs in catalogue.items():
+        canonical.setdefault(config_key(kwargs), name)
+    chosen: list[str] = []
+    aliases: dict[str, str] = {}
+    for name in names:
+        if name not in catalogue:
+            raise SystemExit(f"unknown arm {name!r}; known: {', '.join(catalogue)}")
+        main_name = canonical[config_key(catalogue[name])]
+        if main_name != name:
+            aliases[name] = main_name
+        if main_name not in chosen:
+            chosen.append(main_name)
+    return chosen, aliases
+
+
+def slug(name: str) -> str:
+    return name.replace("=", "-").replace(",", "_").replace(".", "p")
+
+
+# ------------------------------------------------------------------------------------- protocol
+@dataclass
+class Protocol:
+    """Everything that must be the same for all results in one output folder."""
+
+    dataset: str
+    size: int
+    base_channels: int
+    channel_mults: tuple[int, ...]
+    batch_size: int
+    lr: float
+    lr_warmup_steps: int
+    grad_clip: float
+    ema_decay: float
+    timesteps: int
+    n_samples: int
+    sample_steps: int
+    sample_seed: int
+    classifier_epochs: int
+    kid_subset_size: int
+
+
+def load_data(dataset: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from conprediff.data import load_digits_images, load_mnist_images
+
+    if dataset == "digits":
+        return load_digits_images(size=size)
+    return load_mnist_images()
+
+
+def make_model(p: Protocol, arm: dict[str, Any] | None, seed: int, steps: int,
+               ckpt_dir: Path | None, every: int | None, device: str, verbose: int
+               ) -> ConPreDiffModel:
+    return ConPreDiffModel(
+        backbone=UNet(in_channels=1, base_channels=p.base_channels,
+                      channel_mults=tuple(p.channel_mults)),
+        context=make_context(arm),
+        timesteps=p.timesteps,
+        lr=p.lr,
+        lr_warmup_steps=p.lr_warmup_steps,
+        lr_schedule="constant",  # segments of a run are then exactly one long run
+        grad_clip=p.grad_clip,
+        batch_size=p.batch_size,
+        max_steps=steps,
+        ema_decay=p.ema_decay,
+        log_every=every or 50,
+        checkpoint_dir=ckpt_dir,
+        checkpoint_every=every,
+        keep_checkpoints=1,
+        device=device,
+        seed=seed,
+        verbose=verbose,
+    )
+
+
+def eval_grid(steps: list[int], factor: float) -> tuple[list[int], list[int], int]:
+    """ConPreDiff steps, baseline steps (extended for the equal wall-clock comparison) and the
+    checkpoint interval (their greatest common divisor)."""
+    steps = sorted(set(steps))
+    every = reduce(math.gcd, steps)
+    last = steps[-1]
+    extra = every * math.ceil(last * factor / every)
+    base_steps = sorted(set(steps) | ({extra} if extra > last else set()))
+    return steps, base_steps, reduce(math.gcd, base_steps)
+
+
+# ---------------------------------------------------------------------------------- evaluation
+class Evaluator:
+    """Features of the real images once; FID, precision/recall (k=3) and KID of samples."""
+
+    def __init__(self, extractor: FeatureExtractor, real: torch.Tensor, kid_subset_size: int):
+        self.extractor = extractor
+        self.real = np.asarray(extractor.extract(real), dtype=np.float64)
+        self.kid_subset_size = kid_subset_size
+
+    def __call__(self, samples: torch.Tensor) -> dict[str, float]:
+        fake = np.asarray(self.extractor.extract(samples.clamp(-1, 1)), dtype=np.float64)
+        precision, recall = precision_recall(self.real, fake, k=3)
+        kid, kid_std = kernel_inception_distance(
+            self.real, fake, n_subsets=100, subset_size=self.kid_subset_size, seed=0
+        )
+        return {
+            "fid": frechet_distance_from_features(self.real, fake),
+            "precision": float(precision),
+            "recall": float(recall),
+            "kid": float(kid),
+            "kid_std": float(kid_std),
+        }
+
+
+def make_extractor(p: Protocol, images: torch.Tensor, labels: torch.Tensor,
+                   cache_dir: str | None, device: str) -> FeatureExtractor:
+    dev = None if device == "auto" else device
+    extractor = FeatureExtractor(cache_dir=cache_dir, epochs=p.classifier_epochs, device=dev,
+                                 verbose=1).fit(images, labels)
+    extractor.verbose = 0  # no bar per evaluation
+    return extractor
+
+
+# ------------------------------------------------------------------------------------ running
+def result_path(out: Path, arm: str, seed: int, step: int) -> Path:
+    return out / "results" / slug(arm) / f"seed{seed}" / f"step{step:07d}.json"
+
+
+def latest_step(ckpt_dir: Path) -> int:
+    found = list_checkpoints(ckpt_dir)
+    return int(found[-1].name.split("-")[1].split(".")[0]) if found else 0
+
+
+def atomic_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def run_one(p: Protocol, arm: str, arm_kwargs: dict[str, Any] | None, seed: int,
+            steps: list[int], every: int, out: Path, images: torch.Tensor,
+            evaluate: Evaluator, device: str, verbose: int, bar: tqdm) -> None:
+    """Train one (arm, seed) in segments and evaluate at each step not yet done."""
+    ckpt_dir = out / "checkpoints" / slug(arm) / f"seed{seed}"
+    timing_path = ckpt_dir / "train_seconds.json"
+    key = config_key(arm_kwargs)
+    for step in steps:
+        path = result_path(out, arm, seed, step)
+        if path.is_file():
+            done = json.loads(path.read_text())
+            if done.get("config") != key:
+                raise SystemExit(f"{path} was produced by another configuration of arm {arm!r} "
+                                 f"({done.get('config')}); use another --out")
+            continue
+        bar.set_postfix_str(f"{arm} seed {seed} step {step}")
+        start_step = latest_step(ckpt_dir)
+        if start_step > step:
+            warnings.warn(f"{arm} seed {seed}: the checkpoint is at step {start_step}, past "
+                          f"{step} whose result is missing; step {step} skipped", stacklevel=2)
+            bar.update(1)
+            continue
+        timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+        base_seconds = timing.get(str(start_step), 0.0 if start_step == 0 else math.nan)
+        model = make_model(p, arm_kwargs, seed, step, ckpt_dir, every, device, verbose)
+        t0 = time.perf_counter()
+
+        def record(logs: dict[str, float], t0=t0, base=base_seconds, timing=timing) -> None:
+            timing[str(int(logs["step"]))] = base + time.perf_counter() - t0
+            atomic_json(timing_path, timing)
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="resume='latest': no checkpoint")
+            model.fit(images, resume="latest", callback=record)
+        if model.n_steps_ != step:
+            raise RuntimeError(f"{arm} seed {seed}: trained to {model.n_steps_}, not {step}")
+        train_seconds = timing.get(str(step), base_seconds + time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        samples = model.sample(p.n_samples, steps=p.sample_steps, seed=p.sample_seed)
+        t2 = time.perf_counter()
+        metrics = evaluate(samples)
+        history = model.loss_history_
+        atomic_json(path, {
+            "arm": arm, "seed": seed, "step": step, "config": key, "protocol": asdict(p),
+            **metrics,
+            "train_seconds": train_seconds,
+            "segment_seconds_per_step": (train_seconds - base_seconds) / max(1, step - start_step),
+            "sample_seconds": t2 - t1,
+            "eval_seconds": time.perf_counter() - t2,
+            "point_loss_last100": float(np.mean(history["point"][-100:])),
+            "w2_last100": float(np.mean(history["w2"][-100:])) if "w2" in history else None,
+            "load_average": os.getloadavg()[0],
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        })
+        bar.update(1)
+
+
+# ------------------------------------------------------------------------------------- report
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and the 95 % t-interval (NaN bounds with fewer than two values)."""
+    from scipy import stats
+
+    mean = float(np.mean(values)) if values else math.nan
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def load_results(out: Path) -> dict[tuple[str, int, int], dict[str, Any]]:
+    found = {}
+    for path in sorted((out / "results").glob("*/seed*/step*.json")):
+        r = json.loads(path.read_text())
+        found[(r["arm"], r["seed"], r["step"])] = r
+    return found
+
+
+def fmt(x: float, digits: int = 1) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def signed(x: float, digits: int = 1) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:+.{digits}f}"
+
+
+def interp_time(points: list[tuple[float, float]], t: float) -> float:
+    """Linear interpolation of (seconds, FID); NaN outside the measured range."""
+    points = sorted(p for p in points if math.isfinite(p[0]))
+    if not points or not points[0][0] <= t <= points[-1][0]:
+        return math.nan
+    xs, ys = zip(*points, strict=True)
+    return float(np.interp(t, xs, ys))
+
+
+def paired(res: dict, arm: str, seeds: list[int], step: int, metric: str = "fid"
+           ) -> tuple[list[int], list[float], list[float]]:
+    used, diffs, ratios = [], [], []
+    for s in seeds:
+        a, b = res.get((arm, s, step)), res.get((BASELINE, s, step))
+        if a and b:
+            used.append(s)
+            diffs.append(a[metric] - b[metric])
+            ratios.append(a[metric] / b[metric] if b[metric] else math.nan)
+    return used, diffs, ratios
+
+
+def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str],
+                 seeds: list[int], steps: list[int], base_steps: list[int], p: Protocol,
+                 command: str, accuracy: float | None, quick: bool) -> Path:
+    res = load_results(out)
+    others = [a for a in arms if a != BASELINE]
+    lines = []
+    title = f"Ablation results: {p.dataset}"
+    lines += ["---", "orphan: true", "---", "", f"# {title}", ""]
+    if quick:
+        lines += ["**SMOKE RUN (`--quick`): tiny models, 20 steps, 64 samples. These numbers are",
+                  "not results and say nothing about context prediction.**", ""]
+    lines += [
+        f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M')}, {machine()}.",
+        "",
+        f"Protocol: {p.dataset} ({p.size}x{p.size}), UNet base {p.base_channels} mults "
+        f"{tuple(p.channel_mults)}, batch {p.batch_size}, lr {p.lr} (constant, warm-up "
+        f"{p.lr_warmup_steps}), grad clip {p.grad_clip}, EMA {p.ema_decay} with warm-up, "
+        f"T = {p.timesteps}; {len(seeds)} paired seeds {seeds}; {p.n_samples} DDIM-"
+        f"{p.sample_steps} samples per model, sampling seed {p.sample_seed} for every model; "
+        f"features of a LeNet trained on the data"
+        + (f" (held-out accuracy {accuracy:.4f})" if accuracy is not None else "") + ". "
+        "Differences are ConPreDiff - baseline on the same seed (negative favours ConPreDiff); "
+        "CI: 95 % t-interval of the mean difference.",
+        "",
+    ]
+    if aliases:
+        lines += ["Arms that are the same run: " + ", ".join(
+            f"`{a}` = `{b}`" for a, b in aliases.items()) + ".", ""]
+
+    # FID against steps
+    lines += ["## FID against training steps (mean +- s.d. over seeds, n)", ""]
+    lines += ["| arm | " + " | ".join(str(s) for s in base_steps) + " |",
+              "|---" * (len(base_steps) + 1) + "|"]
+    curves: dict[str, list[tuple[int, float, float]]] = {}
+    for arm in arms:
+        cells, curve = [], []
+        for s in base_steps:
+            vals = [res[(arm, k, s)]["fid"] for k in seeds if (arm, k, s) in res]
+            if vals:
+                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                cells.append(f"{np.mean(vals):.1f} +- {sd:.1f} ({len(vals)})")
+                curve.append((s, float(np.mean(vals)), sd))
+            else:
+                cells.append("")
+        curves[arm] = curve
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines.append("")
+    base_curve = [c for c in curves.get(BASELINE, []) if c[0] in steps]
+    if base_curve:
+        best = min(base_curve, key=lambda c: c[1])
+        still = best[0] == base_curve[-1][0]
+        lines += [f"Baseline's best mean FID {best[1]:.1f} at step {best[0]}"
+                  + (" -- the last step: it is still improving, so extend `--steps`."
+                     if still else " (it stopped improving before the last step)."), ""]
+
+    # paired differences at equal steps
+    lines += ["## Paired differences at equal training steps (FID)", "",
+              "| arm | step | differences per seed | mean [95 % CI] | mean ratio | in favour |"
+              " goal (ratio <= 0.9, all in favour) |", "|---|---|---|---|---|---|---|"]
+    for arm in others:
+        for s in steps:
+            used, diffs, ratios = paired(res, arm, seeds, s)
+            if not used:
+                continue
+            mean, lo, hi = t_interval(diffs)
+            ratio = float(np.mean(ratios))
+            favour = sum(d < 0 for d in diffs)
+            goal = "yes" if ratio <= 0.9 and favour == len(diffs) else "no"
+            per = ", ".join(f"{signed(d)} (s{k})" for k, d in zip(used, diffs, strict=True))
+            lines.append(f"| {arm} | {s} | {per} | {signed(mean)} [{signed(lo)}, {signed(hi)}] "
+                         f"| {ratio:.3f} | {favour}/{len(diffs)} | {goal} |")
+    lines.append("")
+
+    # other metrics at the last step
+    last = steps[-1]
+    lines += [f"## Precision, recall, KID at step {last} (mean +- s.d.; paired difference "
+              "mean [95 % CI])", "",
+              "| arm | FID | precision | recall | KID x 1e3 | d precision | d recall "
+              "| d KID x 1e3 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        rows = [res[(arm, k, last)] for k in seeds if (arm, k, last) in res]
+        if not rows:
+            continue
+        cells = []
+        for m, scale, digits in (("fid", 1, 1), ("precision", 1, 3), ("recall", 1, 3),
+                                 ("kid", 1e3, 2)):
+            vals = [r[m] * scale for r in rows]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{np.mean(vals):.{digits}f} +- {sd:.{digits}f}")
+        for m, scale, digits in (("precision", 1, 3), ("recall", 1, 3), ("kid", 1e3, 2)):
+            if arm == BASELINE:
+                cells.append("")
+                continue
+            _, diffs, _ = paired(res, arm, seeds, last, m)
+            mean, lo, hi = t_interval([d * scale for d in diffs])
+            cells.append(f"{signed(mean, digits)} [{signed(lo, digits)}, {signed(hi, digits)}]")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+    # equal wall-clock
+    lines += [f"## Equal wall-clock time (arm at step {last} against the baseline at the same "
+              "cumulative training time, interpolated per seed)", "",
+              "| arm | train s (mean) | time / baseline's at equal steps | differences per seed "
+              "| mean [95 % CI] | in favour |", "|---|---|---|---|---|---|"]
+    for arm in others:
+        used, diffs, times, rel = [], [], [], []
+        for k in seeds:
+            a = res.get((arm, k, last))
+            if not a:
+                continue
+            pts = [(res[(BASELINE, k, s)]["train_seconds"], res[(BASELINE, k, s)]["fid"])
+                   for s in base_steps if (BASELINE, k, s) in res]
+            b_same = res.get((BASELINE, k, last))
+            times.append(a["train_seconds"])
+            if b_same:
+                rel.append(a["train_seconds"] / b_same["train_seconds"])
+            fid_b = interp_time(pts, a["train_seconds"])
+            if math.isfinite(fid_b):
+                used.append(k)
+                diffs.append(a["fid"] - fid_b)
+        if not times:
+            continue
+        mean, lo, hi = t_interval(diffs)
+        per = ", ".join(f"{signed(d)} (s{k})" for k, d in zip(used, diffs, strict=True)) or \
+            "baseline not trained long enough"
+        time_ratio = fmt(float(np.mean(rel)) if rel else math.nan, 3)
+        lines.append(f"| {arm} | {np.mean(times):.0f} | {time_ratio}"
+                     f" | {per} | {signed(mean)} [{signed(lo)}, {signed(hi)}] | "
+                     f"{sum(d < 0 for d in diffs)}/{len(diffs)} |")
+    lines += ["", "Wall time is measured on whatever the machine was doing: the arms run one "
+              "after another, so load changes show up here (each result JSON records the load "
+              "average).", ""]
+
+    figure = plot(docs / f"ablation_{p.dataset}{'_quick' if quick else ''}_fid.png", res, arms,
+                  seeds, steps, base_steps, curves, quick)
+    if figure is not None:
+        lines += [f"![FID against steps]({figure.name})", ""]
+    path = docs / f"ablation_{p.dataset}{'_quick' if quick else ''}_results.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def plot(path: Path, res: dict, arms: list[str], seeds: list[int], steps: list[int],
+         base_steps: list[int], curves: dict, quick: bool) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(curves.values()):
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, arm in enumerate(arms):
+        c, colour = curves[arm], f"C{i % 10}"
+        if not c:
+            continue
+        x, m, sd = (np.array(v) for v in zip(*c, strict=True))
+        ax1.plot(x, m, marker="o", ms=3, label=arm, color=colour,
+                 lw=2 if arm in (BASELINE, DEFAULT) else 1)
+        ax1.fill_between(x, m - sd, m + sd, alpha=0.15, color=colour)
+        if arm == BASELINE:
+            continue
+        pts = []
+        for s in steps:
+            _, diffs, _ = paired(res, arm, seeds, s)
+            if diffs:
+                mean, lo, hi = t_interval(diffs)
+                pts.append((s, mean, lo, hi))
+        if pts:
+            x, m, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
+            ax2.plot(x, m, marker="o", ms=3, label=arm, color=colour)
+            ok = np.isfinite(lo)
+            ax2.fill_between(x[ok], lo[ok], hi[ok], alpha=0.15, color=colour)
+    ax1.set(xlabel="training steps", ylabel="FID (LeNet features)",
+            title="FID against steps: mean +- s.d. over seeds")
+    ax2.axhline(0, color="k", lw=0.8)
+    ax2.set(xlabel="training steps", ylabel="FID(ConPreDiff) - FID(baseline)",
+            title="paired difference: mean, 95 % CI")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    if quick:
+        fig.suptitle("SMOKE RUN (--quick): not results", color="red")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads, " \
+           f"torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+# ----------------------------------------------------------------------------------- estimate
+def estimate(p: Protocol, arms: list[str], catalogue: dict, seeds: list[int], steps: list[int],
+             base_steps: list[int], images: torch.Tensor, device: str, n_time: int) -> float:
+    """Time a few training steps per arm, one sampling pass and one evaluation; project."""
+    print(f"timing on {machine()} (load average {os.getloadavg()[0]:.2f})")
+    per_step: dict[str, float] = {}
+    model = None
+    for arm in tqdm(arms, desc="timing arms"):
+        stamps: list[float] = []
+        m = make_model(p, arm=catalogue[arm], seed=0, steps=3 + n_time, ckpt_dir=None,
+                       every=None, device=device, verbose=0)
+        m.set_params(log_every=1)
+        m.fit(images, callback=lambda logs, stamps=stamps: stamps.append(time.perf_counter()))
+        per_step[arm] = statistics.median(np.diff(stamps[2:]).tolist())  # after 3 warm-up steps
+        model = model or m
+    batch = min(256, p.n_samples)
+    t0 = time.perf_counter()
+    model.sample(batch, steps=2, seed=0)
+    per_image_step = (time.perf_counter() - t0) / (2 * batch)
+    sample_s = per_image_step * p.n_samples * p.sample_steps
+    # evaluation: an untrained LeNet costs what the trained one costs
+    extractor = FeatureExtractor(LeNetClassifier(in_channels=1)).fit()
+    n_real = min(images.shape[0], 5000)
+    evaluate = Evaluator(extractor, images[:n_real], p.kid_subset_size)
+    fake = images[torch.randint(0, images.shape[0], (p.n_samples,))]
+    t0 = time.perf_counter()
+    evaluate(fake)
+    eval_s = time.perf_counter() - t0
+
+    total = 0.0
+    print(f"\nsampling: {sample_s:.0f} s per evaluation ({p.n_samples} x DDIM-{p.sample_steps}); "
+          f"metrics: {eval_s:.1f} s per evaluation")
+    print(f"{'arm':<22}{'s/step':>9}{'steps':>8}{'evals':>7}{'per seed (h)':>14}"
+          f"{'all seeds (h)':>15}")
+    for arm in arms:
+        grid = base_steps if arm == BASELINE else steps
+        one = per_step[arm] * grid[-1] + len(grid) * (sample_s + eval_s)
+        total += one * len(seeds)
+        print(f"{arm:<22}{per_step[arm]:>9.3f}{grid[-1]:>8}{len(grid):>7}{one / 3600:>14.2f}"
+              f"{one * len(seeds) / 3600:>15.2f}")
+    print(f"\nprojected wall time: {total / 3600:.1f} h for {len(arms)} arms x {len(seeds)} seeds "
+          "(+ a one-off feature classifier, under a few minutes; timings on a loaded machine "
+          "overstate, treat as +-30 %)")
+    return total
+
+
+# --------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
+    ap.add_argument("--sweep", nargs="+", default=["main"],
+                    choices=["main", "all", *[k for k in SWEEPS if k != "main"]],
+                    help="groups of ConPreDiff arms (the baseline is always run)")
+    ap.add_argument("--arms", nargs="+", default=None,
+                    help="more arms by name (see --list-arms)")
+    ap.add_argument("--list-arms", action="store_true", help="print the arms and exit")
+    ap.add_argument("--seeds", type=int, default=5, help="number of paired seeds")
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--steps", default=None,
+                    help="comma-separated evaluation steps (default digits "
+                         "1000,2000,4000,6000,8000; mnist 2000,4000,8000,12000,16000)")
+    ap.add_argument("--wallclock-factor", type=float, default=1.25,
+                    help="the baseline is trained on to this multiple of the last step (one "
+                         "extra evaluation) for the equal wall-clock comparison; 1 disables")
+    ap.add_argument("--n-samples", type=int, default=5000, help="samples per evaluation")
+    ap.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
+    ap.add_argument("--sample-seed", type=int, default=1234, help="the same for every model")
+    ap.add_argument("--base-channels", type=int, default=32)
+    ap.add_argument("--channel-mults", default="1,2,2")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr-warmup-steps", type=int, default=100)
+    ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--ema-decay", type=float, default=0.999)
+    ap.add_argument("--timesteps", type=int, default=1000)
+    ap.add_argument("--classifier-epochs", type=int, default=30)
+    ap.add_argument("--out", default=None,
+                    help="results and checkpoints (default outputs/ablation/<dataset>)")
+    ap.add_argument("--docs", default=None,
+                    help="where the table and figure go (default docs/benchmarks; --quick: --out)")
+    ap.add_argument("--cache-dir", default=None, help="feature classifier cache")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--verbose", type=int, default=0, help="1: training/sampling bars too")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 2 seeds, 20 steps, 64 samples, a tiny UNet")
+    ap.add_argument("--estimate", action="store_true",
+                    help="print the projected wall time of the run from a short timing")
+    ap.add_argument("--estimate-steps", type=int, default=10,
+                    help="training steps timed per arm by --estimate")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the table and figure from the results on disk")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds = 2
+        args.steps = args.steps or "10,20"
+        args.n_samples, args.sample_steps = 64, 10
+        args.base_channels, args.channel_mults = 16, "1,2"
+        args.classifier_epochs = 2
+        args.threads = args.threads or 1  # a smoke run should not crowd the machine
+        args.out = args.out or f"outputs/ablation-quick/{args.dataset}"
+        args.cache_dir = args.cache_dir or f"{args.out}/cache"
+    args.steps = args.steps or {"digits": "1000,2000,4000,6000,8000",
+                                "mnist": "2000,4000,8000,12000,16000"}[args.dataset]
+    args.out = Path(args.out or f"outputs/ablation/{args.dataset}")
+    args.docs = Path(args.docs or (args.out if args.quick else "docs/benchmarks"))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = 16 if args.dataset == "digits" else 28
+    p = Protocol(
+        dataset=args.dataset, size=size, base_channels=args.base_channels,
+        channel_mults=tuple(int(c) for c in args.channel_mults.split(",")),
+        batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=args.lr_warmup_steps,
+        grad_clip=args.grad_clip, ema_decay=args.ema_decay, timesteps=args.timesteps,
+        n_samples=args.n_samples, sample_steps=args.sample_steps, sample_seed=args.sample_seed,
+        classifier_epochs=args.classifier_epochs, kid_subset_size=min(1000, args.n_samples),
+    )
+    catalogue = arm_catalogue(p.timesteps)
+    if args.list_arms:
+        for name, kw in catalogue.items():
+            print(f"{name:<22}{config_key(kw)}")
+        return
+    arms, aliases = select_arms(args, p.timesteps)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    steps, base_steps, every = eval_grid([int(s) for s in args.steps.split(",")],
+                                         args.wallclock_factor)
+    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    images, labels = load_data(args.dataset, size)
+    print(f"{args.dataset}: {tuple(images.shape)}; arms {arms}"
+          + (f" (aliases {aliases})" if aliases else "")
+          + f"; seeds {seeds}; steps {steps}; baseline steps {base_steps}; checkpoint every "
+          f"{every}; out {args.out}")
+    if args.estimate:
+        estimate(p, arms, catalogue, seeds, steps, base_steps, images, args.device,
+                 args.estimate_steps)
+        return
+
+    out: Path = args.out
+    proto_path = out / "protocol.json"
+    if proto_path.is_file():
+        old = json.loads(proto_path.read_text())
+        if old != json.loads(json.dumps(asdict(p))):
+            diff = {k: (old.get(k), v) for k, v in json.loads(json.dumps(asdict(p))).items()
+                    if old.get(k) != v}
+            raise SystemExit(f"{out} holds results of another protocol {diff}; use another --out")
+    else:
+        atomic_json(proto_path, asdict(p))
+
+    accuracy = None
+    if not args.report_only:
+        extractor = make_extractor(p, images, labels, args.cache_dir, args.device)
+        accuracy = extractor.test_accuracy_
+        atomic_json(out / "classifier.json", {"test_accuracy": accuracy,
+                                              "cache": str(extractor.cache_path_)})
+        evaluate = Evaluator(extractor, images, p.kid_subset_size)
+        jobs = [(arm, seed) for seed in seeds for arm in arms]
+        total = sum(len(base_steps if a == BASELINE else steps) for a, _ in jobs)
+        with tqdm(total=total, desc="ablation (arm, seed, step)", dynamic_ncols=True) as bar:
+            bar.update(sum(result_path(out, a, s, k).is_file() for a, s in jobs
+                           for k in (base_steps if a == BASELINE else steps)))
+            for arm, seed in jobs:
+                grid = base_steps if arm == BASELINE else steps
+                run_one(p, arm, catalogue[arm], seed, grid, every, out, images, evaluate,
+                        args.device, args.verbose, bar)
+    elif (out / "classifier.json").is_file():
+        accuracy = json.loads((out / "classifier.json").read_text())["test_accuracy"]
+    path = write_report(out, args.docs, arms, aliases, seeds, steps, base_steps, p, command,
+                        accuracy, args.quick)
+    print(f"\nwrote {path}\n")
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
