@@ -46,16 +46,16 @@ Metrics
 
 References
 ----------
-.. [1] Peyré, G., & Cuturi, M. (2019). Computational optimal transport: With applications to data
-   science. Foundations and Trends in Machine Learning, 11(5-6), 355-607.
-.. [2] Bonneel, N., Rabin, J., Peyré, G., & Pfister, H. (2015). Sliced and Radon Wasserstein
-   barycenters of measures. Journal of Mathematical Imaging and Vision, 51(1), 22-45.
-.. [3] Dowson, D. C., & Landau, B. V. (1982). The Fréchet distance between multivariate normal
-   distributions. Journal of Multivariate Analysis, 12(3), 450-455.
-.. [4] Givens, C. R., & Shortt, R. M. (1984). A class of Wasserstein metrics for probability
-   distributions. Michigan Mathematical Journal, 31(2), 231-240.
-.. [5] Feydy, J., Séjourné, T., Vialard, F.-X., Amari, S., Trouvé, A., & Peyré, G. (2019).
-   Interpolating between optimal transport and MMD using Sinkhorn divergences. AISTATS.
+* Peyré, G., & Cuturi, M. (2019). Computational optimal transport: With applications to data
+  science. Foundations and Trends in Machine Learning, 11(5-6), 355-607.
+* Bonneel, N., Rabin, J., Peyré, G., & Pfister, H. (2015). Sliced and Radon Wasserstein
+  barycenters of measures. Journal of Mathematical Imaging and Vision, 51(1), 22-45.
+* Dowson, D. C., & Landau, B. V. (1982). The Fréchet distance between multivariate normal
+  distributions. Journal of Multivariate Analysis, 12(3), 450-455.
+* Givens, C. R., & Shortt, R. M. (1984). A class of Wasserstein metrics for probability
+  distributions. Michigan Mathematical Journal, 31(2), 231-240.
+* Feydy, J., Séjourné, T., Vialard, F.-X., Amari, S., Trouvé, A., & Peyré, G. (2019).
+  Interpolating between optimal transport and MMD using Sinkhorn divergences. AISTATS.
 """
 
 from __future__ import annotations
@@ -350,7 +350,7 @@ class ExactW2(_W2Metric):
 
     References
     ----------
-    .. [1] Peyré, G., & Cuturi, M. (2019). Computational optimal transport, ch. 3.
+    * Peyré, G., & Cuturi, M. (2019). Computational optimal transport, ch. 3.
     """
 
     def __init__(self, num_iter_max: int = 100000, validate: bool = True):
@@ -412,7 +412,7 @@ class SortedW2(_W2Metric):
 
     References
     ----------
-    .. [1] Peyré, G., & Cuturi, M. (2019). Computational optimal transport, remark 2.30.
+    * Peyré, G., & Cuturi, M. (2019). Computational optimal transport, remark 2.30.
     """
 
     def __init__(self, split: bool = True, sort: str = "torch", validate: bool = True):
@@ -498,10 +498,10 @@ class SinkhornW2(_W2Metric):
 
     References
     ----------
-    .. [1] Peyré, G., & Cuturi, M. (2019). Computational optimal transport, ch. 4.
-    .. [5] Feydy, J. et al. (2019). Interpolating between optimal transport and MMD using Sinkhorn
+    * Peyré, G., & Cuturi, M. (2019). Computational optimal transport, ch. 4.
+    * Feydy, J. et al. (2019). Interpolating between optimal transport and MMD using Sinkhorn
        divergences. AISTATS.
-    .. [6] Altschuler, J., Weed, J., & Rigollet, P. (2017). Near-linear time approximation
+    * Altschuler, J., Weed, J., & Rigollet, P. (2017). Near-linear time approximation
        algorithms for optimal transport via Sinkhorn iteration. NeurIPS.
     """
 
@@ -622,7 +622,7 @@ class SlicedW2(_W2Metric):
 
     References
     ----------
-    .. [2] Bonneel, N., Rabin, J., Peyré, G., & Pfister, H. (2015). Sliced and Radon Wasserstein
+    * Bonneel, N., Rabin, J., Peyré, G., & Pfister, H. (2015). Sliced and Radon Wasserstein
        barycenters of measures. JMIV 51(1), 22-45.
     """
 
@@ -749,9 +749,9 @@ class GaussianW2(_W2Metric):
 
     References
     ----------
-    .. [3] Dowson, D. C., & Landau, B. V. (1982). The Fréchet distance between multivariate normal
+    * Dowson, D. C., & Landau, B. V. (1982). The Fréchet distance between multivariate normal
        distributions. Journal of Multivariate Analysis, 12(3), 450-455.
-    .. [4] Givens, C. R., & Shortt, R. M. (1984). A class of Wasserstein metrics for probability
+    * Givens, C. R., & Shortt, R. M. (1984). A class of Wasserstein metrics for probability
        distributions. Michigan Mathematical Journal, 31(2), 231-240.
     """
 

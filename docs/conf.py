@@ -22,7 +22,14 @@ myst_enable_extensions = ["dollarmath"]
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
-autodoc_default_options = {"members": True, "show-inheritance": False}
+napoleon_use_ivar = True  # "Attributes" as fields: no duplicate entries for NamedTuple fields
+autodoc_default_options = {
+    "members": True,
+    "show-inheritance": False,
+    # scikit-learn's metadata-routing helpers, generated on BaseEstimator subclasses
+    "exclude-members": "set_fit_request,set_score_request,set_predict_request,"
+    "set_transform_request,set_partial_fit_request",
+}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_inherit_docstrings = False
