@@ -49,7 +49,9 @@ def context(kind):
     if kind == "sampled":
         return ContextPrediction(strides=(1, 2), point_fraction=0.5)
     if kind == "gaussian":
-        return ContextPrediction(strides=(1,), decoder="gaussian")
+        # every point and no sampling: the context term is then a deterministic function of the
+        # batch, so one process and two must agree (a random point subset is drawn per rank)
+        return ContextPrediction(strides=(1,), decoder="gaussian", point_fraction=1.0)
     return None
 
 
