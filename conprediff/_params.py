@@ -25,7 +25,8 @@ class ModuleParamsMixin:
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
         return [
-            p.name for p in sig.parameters.values()
+            p.name
+            for p in sig.parameters.values()
             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         ]
 

@@ -173,6 +173,15 @@ class ConPreDiffModel(BaseEstimator):
         Per step: ``'loss'`` (total), ``'point'``, and with context prediction ``'context'``
         (the λ_t-weighted term) and ``'w2'`` (mean W2² before weighting).
     device_ : torch.device
+    seed_ : int
+        The seed used (drawn at random when ``seed=None``; stored in checkpoints).
+    timesteps_, schedule_, prediction_
+        What the model was trained with; ``sample`` and ``inpaint`` use these, not parameters
+        changed after ``fit``.
+    n_items_seen_ : int or None
+        Number of images in the data, when it has a length.
+    world_size_ : int
+        Number of processes that trained the model (1 without DDP).
 
     Examples
     --------
@@ -332,6 +341,10 @@ class ConPreDiffModel(BaseEstimator):
     def _schedule(self) -> NoiseSchedule:
         return NoiseSchedule(self.schedule, self.timesteps)
 
+    def _fitted_schedule(self) -> NoiseSchedule:
+        """The schedule the model was trained with (parameters changed after fit do not count)."""
+        return NoiseSchedule(self.schedule_, self.timesteps_)
+
     # ------------------------------------------------------------------ fit
     def fit(
         self,
@@ -349,8 +362,9 @@ class ConPreDiffModel(BaseEstimator):
             Images ``(N, C, H, W)``; a DataLoader or Dataset may yield image tensors or
             ``(images, labels)`` tuples.
         y : array-like, optional
-            ``(N,)`` labels beside a tensor or array (kept for conditional models; unused by an
-            unconditional backbone).
+            ``(N,)`` labels beside a tensor or array. Class-conditional training is not
+            implemented yet: labels are checked and then ignored (with a warning when the
+            backbone has ``num_classes``).
         resume : {'latest'} or path, optional
             Continue a run from a checkpoint: ``'latest'`` takes the newest readable checkpoint
             in ``checkpoint_dir`` (falling back to an older one if the newest is damaged, and
@@ -377,7 +391,22 @@ class ConPreDiffModel(BaseEstimator):
         self._check_params()
         device = resolve_device(self.device)
         dist_info, device = distributed.setup(device)
-        seed = self.seed if self.seed is not None else _random_seed(dist_info)
+        resume_state = self._read_resume_state(resume) if resume is not None else None
+        if resume_state is not None and "seed" in resume_state:
+            seed = int(resume_state["seed"])  # a seed=None run resumes with the seed it drew
+            if self.seed is not None and self.seed != seed:
+                raise ValueError(
+                    f"seed={self.seed} differs from the checkpoint's seed {seed}: resume with "
+                    "the parameters the run was started with"
+                )
+        else:
+            seed = self.seed if self.seed is not None else _random_seed(dist_info)
+        if y is not None and getattr(self.backbone, "num_classes", None) is not None:
+            warnings.warn(
+                "labels are not used yet: class-conditional training is not implemented, so the "
+                "backbone is trained unconditionally (cond=None)",
+                stacklevel=2,
+            )
         loader, n_items = as_loader(
             data, y, self.batch_size, seed, dist_info.world_size, dist_info.rank
         )
@@ -411,7 +440,7 @@ class ConPreDiffModel(BaseEstimator):
         n_steps = self.max_steps
         if self.epochs is not None:
             try:
-                n_steps = self.epochs * len(loader) // self.grad_accum_steps
+                n_steps = max(1, -(-self.epochs * len(loader) // self.grad_accum_steps))
             except TypeError:
                 raise ValueError("epochs needs data of known length; use max_steps") from None
         config = TrainConfig(
@@ -445,10 +474,17 @@ class ConPreDiffModel(BaseEstimator):
             weight_decay=self.weight_decay,
             compile=self.compile,
         )
-        if resume is not None:
-            self._resume(trainer, resume)
+        if resume_state is not None:
+            self._check_resume(resume_state, shape, data_range)
+        rng_devices = [device] if device.type == "cuda" else []
         try:
-            trainer.run(callback=callback, progress=self.verbose > 0)
+            # Training draws from the global generators too (dropout, a user DataLoader's
+            # shuffle): seed them, and leave the caller's random state as it was.
+            with torch.random.fork_rng(devices=rng_devices):
+                torch.manual_seed(seed + 4)
+                if resume_state is not None:
+                    trainer.load_state_dict(resume_state)
+                trainer.run(callback=callback, progress=self.verbose > 0)
         except RuntimeError as err:
             if "stack expects each tensor to be equal size" in str(err):
                 raise ValueError(f"data holds images of varying size: {err}") from err
@@ -466,24 +502,42 @@ class ConPreDiffModel(BaseEstimator):
         self.seed_ = seed
         self.n_items_seen_ = n_items
         self.world_size_ = dist_info.world_size
+        self.timesteps_ = self.timesteps
+        self.schedule_ = self.schedule
+        self.prediction_ = self.prediction
         return self
 
-    def _resume(self, trainer: Trainer, resume: str | Path) -> None:
+    def _read_resume_state(self, resume: str | Path) -> dict[str, Any] | None:
         if resume == "latest":
             if self.checkpoint_dir is None:
                 raise ValueError("resume='latest' needs checkpoint_dir to be set")
             try:
-                _, state = read_latest_checkpoint(self.checkpoint_dir)
+                return read_latest_checkpoint(self.checkpoint_dir)[1]
             except FileNotFoundError:
                 warnings.warn(
                     f"resume='latest': no checkpoint in {str(self.checkpoint_dir)!r}; "
                     "starting from scratch",
                     stacklevel=3,
                 )
-                return
-        else:
-            state = read_checkpoint(resume)
-        trainer.load_state_dict(state)
+                return None
+        return read_checkpoint(resume)
+
+    def _check_resume(self, state: dict[str, Any], shape: tuple, data_range: tuple) -> None:
+        run = state.get("run", {})
+        for name, now in (("image_shape", list(shape)), ("data_range", list(data_range))):
+            if name in run and list(run[name]) != now:
+                raise ValueError(
+                    f"the checkpoint was written for {name} {run[name]}, this data gives {now}"
+                )
+        has_ctx = any(k.startswith("context_head.") for k in state["objective"])
+        if has_ctx != (self.context is not None):
+            raise ValueError(
+                "the checkpoint was written "
+                + ("with" if has_ctx else "without")
+                + " context prediction, but context is "
+                + ("None" if self.context is None else "set")
+                + ": resume with the parameters the run was started with"
+            )
 
     # ------------------------------------------------------------------ sampling
     def _denoiser(self, use_ema: bool) -> nn.Module:
@@ -531,13 +585,13 @@ class ConPreDiffModel(BaseEstimator):
         net = self._denoiser(use_ema)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        steps = min(50, self.timesteps) if steps is None else steps
+        steps = min(50, self.timesteps_) if steps is None else steps
         if (
             isinstance(steps, bool)
             or not isinstance(steps, int)
-            or not 1 <= steps <= self.timesteps
+            or not 1 <= steps <= self.timesteps_
         ):
-            raise ValueError(f"steps must be an integer in [1, {self.timesteps}], got {steps!r}")
+            raise ValueError(f"steps must be an integer in [1, {self.timesteps_}], got {steps!r}")
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
         if eta < 0:
@@ -545,7 +599,7 @@ class ConPreDiffModel(BaseEstimator):
         device = self.device_
         gen = torch.Generator(device)
         gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
-        schedule = self._schedule()
+        schedule = self._fitted_schedule()
         out = []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
@@ -553,7 +607,7 @@ class ConPreDiffModel(BaseEstimator):
                 lambda x, t: net(x, t)[0],
                 (b, *self.image_shape_),
                 schedule,
-                self.prediction,
+                self.prediction_,
                 steps,
                 sampler,
                 eta,
@@ -569,7 +623,7 @@ class ConPreDiffModel(BaseEstimator):
         self,
         img: Any,
         mask: Any,
-        steps: int = 250,
+        steps: int | None = None,
         jump_length: int = 10,
         jump_n_sample: int = 10,
         seed: int | None = None,
@@ -591,8 +645,9 @@ class ConPreDiffModel(BaseEstimator):
             True/1 (white in a PIL image) where pixels are **missing** and must be generated,
             False/0 where they are kept; ``(H, W)``, ``(1, H, W)``, ``(C, H, W)``,
             ``(B, 1, H, W)`` or ``(B, C, H, W)``.
-        steps : int
-            Reverse steps on a respaced grid (at most ``timesteps``; RePaint uses 250).
+        steps : int, optional
+            Reverse steps on a respaced grid; default 250 (RePaint's), or ``timesteps`` if that
+            is smaller.
         jump_length, jump_n_sample : int
             RePaint's jump schedule; ``jump_n_sample=1`` is plain replacement, no resampling.
         seed : int, optional
@@ -626,6 +681,7 @@ class ConPreDiffModel(BaseEstimator):
                 f"img values must lie in the data range [{lo}, {hi}], got "
                 f"[{float(images.min()):.4g}, {float(images.max()):.4g}]"
             )
+        steps = min(250, self.timesteps_) if steps is None else steps
         missing = as_mask(mask, tuple(images.shape) if not single else (C, H, W))
         if single and missing.ndim == 3:
             missing = missing[None]
@@ -633,9 +689,9 @@ class ConPreDiffModel(BaseEstimator):
         if (
             isinstance(steps, bool)
             or not isinstance(steps, int)
-            or not 1 <= steps <= self.timesteps
+            or not 1 <= steps <= self.timesteps_
         ):
-            raise ValueError(f"steps must be an integer in [1, {self.timesteps}], got {steps!r}")
+            raise ValueError(f"steps must be an integer in [1, {self.timesteps_}], got {steps!r}")
         device = self.device_
         gen = torch.Generator(device)
         gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
@@ -644,8 +700,8 @@ class ConPreDiffModel(BaseEstimator):
             lambda x, t: net(x, t)[0],
             unit,
             missing.to(device),
-            self._schedule(),
-            self.prediction,
+            self._fitted_schedule(),
+            self.prediction_,
             steps,
             jump_length,
             jump_n_sample,
@@ -688,7 +744,14 @@ class ConPreDiffModel(BaseEstimator):
         meta = {
             "format_version": _FORMAT_VERSION,
             "params": to_jsonable(
-                {k: v for k, v in self.get_params(deep=False).items() if k != "backbone"}
+                {
+                    **{k: v for k, v in self.get_params(deep=False).items() if k != "backbone"},
+                    # what the weights were trained with, even if set_params changed it since
+                    "schedule": self.schedule_,
+                    "timesteps": self.timesteps_,
+                    "prediction": self.prediction_,
+                },
+                "params",
             ),
             "backbone": to_jsonable(self.backbone_, "backbone")
             if hasattr(self.backbone_, "get_params")
@@ -778,5 +841,10 @@ class ConPreDiffModel(BaseEstimator):
         model.seed_ = meta["seed"]
         model.loss_history_ = meta["loss_history"]
         model.device_ = dev
+        model.device = device
         model.n_items_seen_ = None
+        model.world_size_ = 1
+        model.timesteps_ = model.timesteps
+        model.schedule_ = model.schedule
+        model.prediction_ = model.prediction
         return model

@@ -36,7 +36,10 @@ def to_jsonable(value: Any, name: str = "value") -> Any:
     if isinstance(value, list):
         return [to_jsonable(v, name) for v in value]
     if isinstance(value, dict):
-        return {str(k): to_jsonable(v, name) for k, v in value.items()}
+        return {
+            str(k): to_jsonable(v, k if name == "params" else f"{name}__{k}")
+            for k, v in value.items()
+        }
     if hasattr(value, "get_params"):
         cls = type(value)
         return {
@@ -47,7 +50,8 @@ def to_jsonable(value: Any, name: str = "value") -> Any:
         }
     raise TypeError(
         f"cannot save parameter {name!r}: {type(value).__name__} is neither plain data nor a "
-        "component with get_params(); pass it again to load() instead"
+        "component with get_params(); use a component (e.g. a metric class from "
+        "conprediff.wasserstein) so the model can be saved"
     )
 
 

@@ -102,11 +102,13 @@ def _check_weights(w, name: str, P: int, n: int, n_name: str, ref: torch.Tensor,
     w = w.to(ref.dtype)
     if validate:
         if bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
-            raise ValueError(f"{name} must be finite and non-negative; got negative or non-finite "
-                             "entries")
+            raise ValueError(
+                f"{name} must be finite and non-negative; got negative or non-finite entries"
+            )
         if bool((w.sum(-1) <= 0).any()):
-            raise ValueError(f"{name} must have a positive sum in every problem (row); got a row "
-                             "of zeros")
+            raise ValueError(
+                f"{name} must have a positive sum in every problem (row); got a row of zeros"
+            )
     return w
 
 
@@ -114,11 +116,14 @@ def _check_points(x, name: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (float32 or float64), got dtype "
-                        f"{x.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float32 or float64), got dtype {x.dtype}"
+        )
     if x.ndim != 3:
-        raise ValueError(f"{name} must have shape (P, n_points, C) (3 dimensions), got "
-                         f"{x.ndim} dimensions with shape {_shape(x)}")
+        raise ValueError(
+            f"{name} must have shape (P, n_points, C) (3 dimensions), got "
+            f"{x.ndim} dimensions with shape {_shape(x)}"
+        )
     if x.shape[1] == 0:
         raise ValueError(f"{name} must hold at least one point per problem, got shape {_shape(x)}")
 
@@ -132,11 +137,15 @@ def _check_inputs(x, y, x_weights, y_weights, validate: bool):
     if y.device != x.device:
         raise ValueError(f"y must be on the device of x ({x.device}), got {y.device}")
     if y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must have the number of problems P of x ({x.shape[0]}) in its first "
-                         f"dimension, got shape {_shape(y)}")
+        raise ValueError(
+            f"y must have the number of problems P of x ({x.shape[0]}) in its first "
+            f"dimension, got shape {_shape(y)}"
+        )
     if y.shape[2] != x.shape[2]:
-        raise ValueError(f"y must have the number of channels C of x ({x.shape[2]}) in its last "
-                         f"dimension, got shape {_shape(y)}")
+        raise ValueError(
+            f"y must have the number of channels C of x ({x.shape[2]}) in its last "
+            f"dimension, got shape {_shape(y)}"
+        )
     P, Q, _ = x.shape
     K = y.shape[1]
     xw = _check_weights(x_weights, "x_weights", P, Q, "Q", x, validate)
@@ -802,14 +811,17 @@ class GaussianW2(_W2Metric):
             raise ValueError(f"mean_x must have shape (P, C), got {_shape(mean_x)}")
         P, C = mean_x.shape
         if mean_y.shape != mean_x.shape:
-            raise ValueError(f"mean_y must have the shape of mean_x {_shape(mean_x)}, got "
-                             f"{_shape(mean_y)}")
+            raise ValueError(
+                f"mean_y must have the shape of mean_x {_shape(mean_x)}, got {_shape(mean_y)}"
+            )
         want = (P, C) if self.covariance == "diag" else (P, C, C)
         want_s = "(P, C)" if self.covariance == "diag" else "(P, C, C)"
         for name, t in (("cov_x", cov_x), ("cov_y", cov_y)):
             if tuple(t.shape) != want:
-                raise ValueError(f"{name} must have shape {want_s} = {want} for covariance="
-                                 f"{self.covariance!r}, got {_shape(t)}")
+                raise ValueError(
+                    f"{name} must have shape {want_s} = {want} for covariance="
+                    f"{self.covariance!r}, got {_shape(t)}"
+                )
         return self._closed_form(mean_x, cov_x, mean_y, cov_y)
 
     def _closed_form(self, mx, cx, my, cy):
@@ -910,16 +922,20 @@ def resolve_metric(metric: str | _W2Metric = "auto", n_channels: int | None = No
     if isinstance(metric, str):
         key = metric.lower()
         if key not in _NAMES:
-            raise ValueError(f"metric must be one of {sorted(_NAMES)} or a metric object, got "
-                             f"{metric!r}")
+            raise ValueError(
+                f"metric must be one of {sorted(_NAMES)} or a metric object, got {metric!r}"
+            )
         if key == "auto":
             auto = AutoW2()
             return auto if n_channels is None else auto.metric_for(n_channels)
         if key == "sorted" and n_channels is not None and n_channels > 1:
-            raise ValueError(f"metric 'sorted' is exact in one dimension only, but n_channels="
-                             f"{n_channels}; use 'sliced', 'sinkhorn', 'gaussian' or 'auto'")
+            raise ValueError(
+                f"metric 'sorted' is exact in one dimension only, but n_channels="
+                f"{n_channels}; use 'sliced', 'sinkhorn', 'gaussian' or 'auto'"
+            )
         return _NAMES[key]()
     if callable(metric):
         return metric
-    raise TypeError(f"metric must be a string or a metric object (callable), got "
-                    f"{type(metric).__name__}")
+    raise TypeError(
+        f"metric must be a string or a metric object (callable), got {type(metric).__name__}"
+    )

@@ -76,9 +76,22 @@ def test_inpaint_command_keeps_known_pixels(demo_dir, tmp_path):
     Image.fromarray(digit).save(tmp_path / "digit.png")
     Image.fromarray(mask).save(tmp_path / "mask.png")
     out = tmp_path / "filled.png"
-    assert main(["inpaint", str(tmp_path / "digit.png"), str(tmp_path / "mask.png"),
-                 "--model", str(demo_dir / "model.safetensors"), "--steps", "5",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "inpaint",
+                str(tmp_path / "digit.png"),
+                str(tmp_path / "mask.png"),
+                "--model",
+                str(demo_dir / "model.safetensors"),
+                "--steps",
+                "5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     filled = np.asarray(Image.open(out))
     assert filled.shape == (16, 16)
     np.testing.assert_array_equal(filled[:, :8], digit[:, :8])  # known half kept

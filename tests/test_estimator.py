@@ -255,3 +255,55 @@ def test_sample_argument_errors(fitted):
         fitted.sample(1, steps=21)
     with pytest.raises(ValueError, match="sampler"):
         fitted.sample(1, sampler="euler")
+
+
+# ---------------------------------------------------------------- fitted state and seeding
+def test_prediction_time_uses_what_the_model_was_fitted_with(fitted, tmp_path):
+    from sklearn.base import clone as sk_clone
+
+    m = sk_clone(fitted).fit(torch.rand(16, 1, 8, 8) * 2 - 1)
+    before = m.sample(2, steps=5, seed=0)
+    m.set_params(timesteps=40, prediction="x0", schedule="linear")
+    assert torch.equal(m.sample(2, steps=5, seed=0), before)
+    loaded = ConPreDiffModel.load(m.save(tmp_path / "m.safetensors"))
+    assert (loaded.timesteps, loaded.prediction, loaded.schedule) == (20, "eps", "cosine")
+
+
+def test_inpaint_default_steps_follow_short_schedules(fitted):
+    img = fitted.sample(1, steps=2, seed=0)[0]
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:4] = True
+    out = fitted.inpaint(img, mask, jump_n_sample=1, seed=0)  # timesteps=20 < 250
+    assert torch.equal(out[:, 4:], img[:, 4:])
+
+
+def test_epochs_always_give_at_least_one_step(images):
+    m = tiny(epochs=1, grad_accum_steps=4, batch_size=64, max_steps=99).fit(images)
+    assert m.n_steps_ == 1
+
+
+def test_fit_leaves_the_global_rng_alone_and_seeds_dropout(images):
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = tiny(backbone=UNet(base_channels=8, channel_mults=(1, 2), dropout=0.3)).fit(images)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(999)  # another global state must not change the result
+    b = tiny(backbone=UNet(base_channels=8, channel_mults=(1, 2), dropout=0.3)).fit(images)
+    for p, q in zip(a.backbone_.parameters(), b.backbone_.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_data_range_tolerates_resize_overshoot():
+    from conprediff.training.data import infer_data_range
+
+    assert infer_data_range(torch.tensor([0.0, 0.5, 1.004])) == (0.0, 1.0)
+    assert infer_data_range(torch.tensor([-1.01, 0.3])) == (-1.0, 1.0)
+    assert infer_data_range(torch.tensor([0.0, 200.0])) == (0.0, 255.0)
+    assert infer_data_range(torch.tensor([0.0, 3.0])) == (0.0, 3.0)
+
+
+def test_unsavable_parameter_is_named(fitted, tmp_path):
+    from conprediff.serialization import to_jsonable
+
+    with pytest.raises(TypeError, match="'context__metric'"):
+        to_jsonable({"context": {"metric": len}}, "params")

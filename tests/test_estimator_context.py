@@ -12,8 +12,16 @@ from conprediff.data import load_digits_images
 
 
 def make(context, **kw):
-    params = dict(backbone=UNet(base_channels=8, channel_mults=(1, 2)), context=context,
-                  timesteps=50, max_steps=4, batch_size=8, seed=0, verbose=0, device="cpu")
+    params = dict(
+        backbone=UNet(base_channels=8, channel_mults=(1, 2)),
+        context=context,
+        timesteps=50,
+        max_steps=4,
+        batch_size=8,
+        seed=0,
+        verbose=0,
+        device="cpu",
+    )
     params.update(kw)
     return ConPreDiffModel(**params)
 
@@ -58,13 +66,18 @@ def test_sampling_never_runs_the_decoder_and_matches_a_baseline_with_the_same_we
     twin = copy.deepcopy(base)
     twin.backbone_.load_state_dict(ctx.backbone_.state_dict())
     twin.ema_backbone_.load_state_dict(ctx.ema_backbone_.state_dict())
-    torch.testing.assert_close(ctx.sample(4, steps=5, seed=1), twin.sample(4, steps=5, seed=1),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        ctx.sample(4, steps=5, seed=1), twin.sample(4, steps=5, seed=1), rtol=0, atol=0
+    )
     mask = torch.zeros(8, 8, dtype=torch.bool)
     mask[:, 4:] = True
     img = ctx.sample(1, steps=2, seed=0)[0]
-    torch.testing.assert_close(ctx.inpaint(img, mask, steps=5, seed=2),
-                               twin.inpaint(img, mask, steps=5, seed=2), rtol=0, atol=0)
+    torch.testing.assert_close(
+        ctx.inpaint(img, mask, steps=5, seed=2),
+        twin.inpaint(img, mask, steps=5, seed=2),
+        rtol=0,
+        atol=0,
+    )
     del ctx.context_head_.forward
 
 
@@ -87,8 +100,7 @@ def test_save_with_and_without_decoder(pair, tmp_path):
 
 
 def test_context_training_drives_the_w2_term_down(images):
-    m = make(ContextPrediction(strides=(1, 2)), max_steps=150, lr=3e-3,
-             batch_size=32).fit(images)
+    m = make(ContextPrediction(strides=(1, 2)), max_steps=150, lr=3e-3, batch_size=32).fit(images)
     w2 = np.asarray(m.loss_history_["w2"])
     assert w2[-20:].mean() < 0.7 * w2[:20].mean()  # measured: 0.54 -> 0.30
 

@@ -13,8 +13,14 @@ from conprediff.inpainting import MASK_FAMILIES, make_mask
 def model_and_images():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(12, 1, 8, 8, generator=g)  # data in [0, 1]
-    m = ConPreDiffModel(backbone=UNet(base_channels=8, channel_mults=(1, 2)), timesteps=20,
-                        max_steps=3, batch_size=4, seed=0, verbose=0).fit(x)
+    m = ConPreDiffModel(
+        backbone=UNet(base_channels=8, channel_mults=(1, 2)),
+        timesteps=20,
+        max_steps=3,
+        batch_size=4,
+        seed=0,
+        verbose=0,
+    ).fit(x)
     return m, x
 
 
@@ -29,8 +35,9 @@ def test_known_pixels_exact_single_and_batched(model_and_images, family):
     assert batch.shape == (3, 1, 8, 8)
     assert (batch - x[:3])[:, :, ~mask].abs().max().item() == 0.0
     assert batch.min() >= 0 and batch.max() <= 1  # back in the data's range
-    assert torch.equal(batch, m.inpaint(x[:3], mask, steps=10, jump_length=2, jump_n_sample=2,
-                                        seed=0))
+    assert torch.equal(
+        batch, m.inpaint(x[:3], mask, steps=10, jump_length=2, jump_n_sample=2, seed=0)
+    )
 
 
 def test_mask_forms_numpy_numbers_and_pil(model_and_images):

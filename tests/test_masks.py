@@ -157,7 +157,12 @@ def test_brush_masks_reject_tiny_images_and_bad_seeds():
 
 def test_registry_and_make_mask():
     assert set(MASK_FAMILIES) == {
-        "wide", "narrow", "super_resolve", "alternating_lines", "half", "expand",
+        "wide",
+        "narrow",
+        "super_resolve",
+        "alternating_lines",
+        "half",
+        "expand",
     }
     for family, fn in MASK_FAMILIES.items():
         assert torch.equal(make_mask(family, 20, 12, seed=5), fn(20, 12, 5))

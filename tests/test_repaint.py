@@ -87,16 +87,18 @@ def test_forward_jump_moments_and_composition():
     direct = forward_jump(x, t, t3, S, torch.randn(x.shape, generator=g))
     chained = x
     for k in range(20, 35):
-        chained = forward_jump(chained, torch.tensor([k]), torch.tensor([k + 1]), S,
-                               torch.randn(x.shape, generator=g))
+        chained = forward_jump(
+            chained, torch.tensor([k]), torch.tensor([k + 1]), S, torch.randn(x.shape, generator=g)
+        )
     ratio = ab[35] / ab[20]
     for y in (direct, chained):
         assert abs(y.mean() - ratio.sqrt() * 0.7) < 0.01
         assert abs(y.var() - (1 - ratio)) < 0.01
     # from x_0 (t = -1) it is q_sample
     z = torch.randn(x.shape, generator=g)
-    assert torch.allclose(forward_jump(x, torch.tensor([-1]), t3, S, z),
-                          S.q_sample(x, t3, z), atol=1e-6)
+    assert torch.allclose(
+        forward_jump(x, torch.tensor([-1]), t3, S, z), S.q_sample(x, t3, z), atol=1e-6
+    )
 
 
 def test_merge_known():
@@ -131,8 +133,16 @@ FAST = dict(steps=10, jump_length=3, jump_n_sample=2)
 def test_known_pixels_are_exact(family, batch, sampler):
     image = _image((batch, 3, 16, 12), seed=batch)
     mask = make_mask(family, 16, 12, seed=4)
-    out = repaint(_zeros, image, mask, S, "eps", sampler=sampler,
-                  generator=torch.Generator().manual_seed(1), **FAST)
+    out = repaint(
+        _zeros,
+        image,
+        mask,
+        S,
+        "eps",
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(1),
+        **FAST,
+    )
     assert out.shape == image.shape and out.dtype == image.dtype
     assert torch.isfinite(out).all()
     known = ~mask.expand_as(image)
@@ -143,8 +153,9 @@ def test_known_pixels_are_exact(family, batch, sampler):
 def test_known_pixels_exact_with_per_sample_float64_and_numeric_masks():
     image = _image((2, 1, 8, 8)).double()
     masks = torch.stack([make_mask("wide", 8, 8, 0), make_mask("narrow", 8, 8, 1)])[:, None]
-    out = repaint(_zeros, image, masks.float(), S, "v",
-                  generator=torch.Generator().manual_seed(0), **FAST)
+    out = repaint(
+        _zeros, image, masks.float(), S, "v", generator=torch.Generator().manual_seed(0), **FAST
+    )
     assert out.dtype == torch.float64
     assert torch.equal(out[~masks.expand_as(image)], image[~masks.expand_as(image)])
 
@@ -153,8 +164,16 @@ def test_full_chain_ddpm_and_jumps():
     image = _image((1, 1, 8, 8))
     mask = make_mask("half", 8, 8)
     schedule = NoiseSchedule("linear", 20)
-    out = repaint(_zeros, image, mask, schedule, steps=20, jump_length=5, jump_n_sample=3,
-                  generator=torch.Generator().manual_seed(0))
+    out = repaint(
+        _zeros,
+        image,
+        mask,
+        schedule,
+        steps=20,
+        jump_length=5,
+        jump_n_sample=3,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.isfinite(out).all()
     assert torch.equal(out[:, :, ~mask], image[:, :, ~mask])
 
@@ -164,8 +183,9 @@ def test_seed_reproducible():
     mask = make_mask("expand", 8, 8)
 
     def run(seed):
-        return repaint(_zeros, image, mask, S, generator=torch.Generator().manual_seed(seed),
-                       **FAST)
+        return repaint(
+            _zeros, image, mask, S, generator=torch.Generator().manual_seed(seed), **FAST
+        )
 
     assert torch.equal(run(3), run(3))
     assert not torch.equal(run(3), run(4))
@@ -179,8 +199,16 @@ def test_denoiser_calls_follow_the_schedule():
         return torch.zeros_like(x)
 
     image = _image((1, 1, 4, 4))
-    repaint(f, image, make_mask("half", 4, 4), S, steps=10, jump_length=3, jump_n_sample=3,
-            generator=torch.Generator().manual_seed(0))
+    repaint(
+        f,
+        image,
+        make_mask("half", 4, 4),
+        S,
+        steps=10,
+        jump_length=3,
+        jump_n_sample=3,
+        generator=torch.Generator().manual_seed(0),
+    )
     times = repaint_schedule(10, 3, 3)
     grid = [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]  # ddim_timesteps(100, 10), ascending
     expected = [grid[a] for a, b in zip(times[:-1], times[1:], strict=True) if b < a]
@@ -217,8 +245,9 @@ def test_oracle_x0_denoiser_recovers_the_image():
 
     for family in MASK_FAMILIES:
         mask = make_mask(family, 8, 8, seed=2)
-        out = repaint(oracle, image, mask, S, "x0", generator=torch.Generator().manual_seed(0),
-                      **FAST)
+        out = repaint(
+            oracle, image, mask, S, "x0", generator=torch.Generator().manual_seed(0), **FAST
+        )
         assert (out - image).abs().max() < 1e-4, family
 
 
@@ -231,8 +260,17 @@ def _points():
 def _success_rate(points, mask, **kw):
     """Fraction of 48 completions (each of the 6 images 8 times) equal to their image."""
     image = points.repeat(8, 1, 1, 1)
-    out = repaint(_mixture_oracle(points, S), image, mask, S, "x0", steps=20, jump_length=4,
-                  generator=torch.Generator().manual_seed(0), **kw)
+    out = repaint(
+        _mixture_oracle(points, S),
+        image,
+        mask,
+        S,
+        "x0",
+        steps=20,
+        jump_length=4,
+        generator=torch.Generator().manual_seed(0),
+        **kw,
+    )
     assert torch.equal(out[:, :, ~mask], image[:, :, ~mask])
     return ((out - image).abs().flatten(1).amax(1) < 1e-3).float().mean().item()
 
@@ -247,8 +285,9 @@ def test_mixture_oracle_completes_a_half_with_the_right_image(sampler, jump_n_sa
         assert rate >= at_least, (side, rate)
 
 
-@pytest.mark.parametrize("family, plain, resampled", [("super_resolve", 0.6, 0.75),
-                                                      ("wide", 0.9, 0.95)])
+@pytest.mark.parametrize(
+    "family, plain, resampled", [("super_resolve", 0.6, 0.75), ("wide", 0.9, 0.95)]
+)
 def test_resampling_harmonises_better_than_plain_replacement(family, plain, resampled):
     # With sparse known pixels, plain replacement often commits to an image that contradicts
     # them (RePaint, Sec. 4.2); resampling fixes most of those. Rates over 48 completions.
@@ -273,6 +312,13 @@ def test_validation_errors():
 
 
 def test_progress_bar_runs(capsys):
-    out = repaint(_zeros, _image((1, 1, 4, 4)), make_mask("half", 4, 4), S, progress=True,
-                  generator=torch.Generator().manual_seed(0), **FAST)
+    out = repaint(
+        _zeros,
+        _image((1, 1, 4, 4)),
+        make_mask("half", 4, 4),
+        S,
+        progress=True,
+        generator=torch.Generator().manual_seed(0),
+        **FAST,
+    )
     assert torch.isfinite(out).all()

@@ -237,3 +237,20 @@ def test_gpu_check_script_is_valid_bash():
     script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
     assert shutil.which("bash")
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_resume_with_seed_none_continues_the_same_run(tmp_path, one_thread):
+    kw = dict(seed=None)
+    first = make_model(str(tmp_path), steps=4, **kw).fit(data())
+    resumed = make_model(str(tmp_path), steps=8, **kw).fit(data(), resume="latest")
+    assert resumed.seed_ == first.seed_
+    reference = make_model(str(tmp_path / "ref"), steps=8, seed=first.seed_).fit(data())
+    assert_same_weights(state_of(resumed), state_of(reference))
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
+    make_model(str(tmp_path), steps=4).fit(data())
+    with pytest.raises(ValueError, match="without context prediction"):
+        make_model(str(tmp_path), context("gaussian")).fit(data(), resume="latest")
+    with pytest.raises(ValueError, match="seed=5 differs"):
+        make_model(str(tmp_path), seed=5).fit(data(), resume="latest")

@@ -63,8 +63,7 @@ def emd2(x, y, a, b):
     K = y.shape[1]
     a, b = _uniform_if_none(a, P, Q), _uniform_if_none(b, P, K)
     out = [
-        ot.emd2(a[p].numpy(), b[p].numpy(), ot.dist(x[p].numpy(), y[p].numpy()))
-        for p in range(P)
+        ot.emd2(a[p].numpy(), b[p].numpy(), ot.dist(x[p].numpy(), y[p].numpy())) for p in range(P)
     ]
     return torch.tensor(out, dtype=DT)
 
@@ -119,8 +118,9 @@ def test_sorted_equals_pot_emd2_in_1d(prob):
 def test_sorting_network_sorts():
     for n in (1, 2, 3, 5, 8, 13, 24, 32, 40):
         x, y = _no_ties(64, n, 1, n), _no_ties(64, n, 1, 100 + n)
-        torch.testing.assert_close(SortedW2(sort="network")(x, y), SortedW2()(x, y), rtol=0,
-                                   atol=1e-12)
+        torch.testing.assert_close(
+            SortedW2(sort="network")(x, y), SortedW2()(x, y), rtol=0, atol=1e-12
+        )
     x = _no_ties(3, 6, 1, 0).requires_grad_()
     y = _no_ties(3, 6, 1, 1).requires_grad_()
     assert torch.autograd.gradcheck(lambda x, y: SortedW2(sort="network")(x, y), (x, y))
@@ -220,8 +220,11 @@ def _tol(name, tol, x, y, a, b):
 
 @pytest.mark.parametrize("name", list(EXACT_LIKE))
 @FAST
-@given(prob=problems(sizes=(1, 10)), v=st.lists(st.floats(-3, 3), min_size=4, max_size=4),
-       scale=st.floats(0.1, 5.0))
+@given(
+    prob=problems(sizes=(1, 10)),
+    v=st.lists(st.floats(-3, 3), min_size=4, max_size=4),
+    scale=st.floats(0.1, 5.0),
+)
 def test_invariants(name, prob, v, scale):
     metric, tol = EXACT_LIKE[name]
     x, y, a, b = prob
@@ -243,8 +246,9 @@ def test_invariants(name, prob, v, scale):
     # a common shift changes nothing
     torch.testing.assert_close(metric(x + v, y + v, a, b), base, rtol=0, atol=t)
     # scaling both by s multiplies by s²
-    torch.testing.assert_close(metric(scale * x, scale * y, a, b), scale**2 * base, rtol=0,
-                               atol=scale_t)
+    torch.testing.assert_close(
+        metric(scale * x, scale * y, a, b), scale**2 * base, rtol=0, atol=scale_t
+    )
     # shifting x alone by v adds |v|² + 2 v·(m_x - m_y) (not for the sliced distance)
     if name != "sliced":
         dm = _mean(x, a) - _mean(y, b)
@@ -262,8 +266,9 @@ def test_sorted_invariants(prob, v, scale):
     torch.testing.assert_close(m(x, x, a, a), torch.zeros_like(base), rtol=0, atol=1e-12)
     torch.testing.assert_close(m(y, x, b, a), base, rtol=0, atol=1e-10)
     torch.testing.assert_close(m(x + v, y + v, a, b), base, rtol=0, atol=1e-9)
-    torch.testing.assert_close(m(scale * x, scale * y, a, b), scale**2 * base, rtol=1e-9,
-                               atol=1e-10)
+    torch.testing.assert_close(
+        m(scale * x, scale * y, a, b), scale**2 * base, rtol=1e-9, atol=1e-10
+    )
     dm = (_mean(x, a) - _mean(y, b))[:, 0]
     torch.testing.assert_close(m(x + v, y, a, b), base + v * v + 2 * v * dm, rtol=0, atol=1e-9)
 
@@ -317,8 +322,7 @@ def test_zero_weights_have_no_influence(name, C):
     moved_x[[0, 2], 2] += 100.0
     moved_y = y.detach().clone()
     moved_y[[0, 2], 0] -= 50.0
-    torch.testing.assert_close(metric(moved_x, moved_y, a, b), value.detach(), rtol=1e-9,
-                               atol=1e-9)
+    torch.testing.assert_close(metric(moved_x, moved_y, a, b), value.detach(), rtol=1e-9, atol=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -456,8 +460,9 @@ def test_sorted_float32_mixed_batch():
     b = b / b.sum(1, keepdim=True)
     out = SortedW2()(x, y, None, b)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), emd2(x.double(), y.double(), None, b.double()),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.double(), emd2(x.double(), y.double(), None, b.double()), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_auto_and_resolve_metric():
@@ -468,8 +473,14 @@ def test_auto_and_resolve_metric():
     torch.testing.assert_close(auto(x1, y1), SortedW2()(x1, y1))
     x3, y3 = _no_ties(3, 5, 3, 27), _no_ties(3, 5, 3, 28)
     torch.testing.assert_close(auto(x3, y3), SlicedW2(n_projections=16, seed=0)(x3, y3))
-    for name, cls in [("exact", ExactW2), ("sorted", SortedW2), ("sinkhorn", SinkhornW2),
-                      ("sliced", SlicedW2), ("gaussian", GaussianW2), ("auto", AutoW2)]:
+    for name, cls in [
+        ("exact", ExactW2),
+        ("sorted", SortedW2),
+        ("sinkhorn", SinkhornW2),
+        ("sliced", SlicedW2),
+        ("gaussian", GaussianW2),
+        ("auto", AutoW2),
+    ]:
         assert isinstance(resolve_metric(name), cls)
     assert isinstance(resolve_metric("auto", n_channels=1), SortedW2)
     assert isinstance(resolve_metric("auto", n_channels=4), SlicedW2)
@@ -507,12 +518,21 @@ def _xy():
         ({"x_weights": torch.ones(2, 4) / 4}, ValueError, r"x_weights must have shape \(P, Q\)"),
         ({"y_weights": torch.ones(2, 3) / 3}, ValueError, r"y_weights must have shape \(P, K\)"),
         ({"x_weights": [[1.0, 0, 0]] * 2}, TypeError, "x_weights must be a torch.Tensor"),
-        ({"x_weights": torch.tensor([[1.5, -0.5, 0], [1, 0, 0]])}, ValueError,
-         "x_weights must be finite and non-negative"),
-        ({"y_weights": torch.tensor([[1.5, -0.5, 0, 0], [1, 0, 0, 0]])}, ValueError,
-         "y_weights must be finite and non-negative"),
-        ({"y_weights": torch.tensor([[0.0, 0, 0, 0], [1, 0, 0, 0]])}, ValueError,
-         "y_weights must have a positive sum"),
+        (
+            {"x_weights": torch.tensor([[1.5, -0.5, 0], [1, 0, 0]])},
+            ValueError,
+            "x_weights must be finite and non-negative",
+        ),
+        (
+            {"y_weights": torch.tensor([[1.5, -0.5, 0, 0], [1, 0, 0, 0]])},
+            ValueError,
+            "y_weights must be finite and non-negative",
+        ),
+        (
+            {"y_weights": torch.tensor([[0.0, 0, 0, 0], [1, 0, 0, 0]])},
+            ValueError,
+            "y_weights must have a positive sum",
+        ),
     ],
 )
 @pytest.mark.parametrize("metric", [SortedW2(), SinkhornW2(n_iter=2), GaussianW2(), ExactW2()])

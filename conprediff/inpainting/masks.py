@@ -168,7 +168,8 @@ def wide(height: int, width: int, seed: Seed = None) -> torch.Tensor:
     g = _generator(seed)
     return _banded(
         lambda: _strokes(height, width, g, (1, 5), (1, 5), (0.1, 0.6), (0.08, 0.3), 1.5),
-        WIDE_BAND, "wide",
+        WIDE_BAND,
+        "wide",
     )
 
 
@@ -200,7 +201,8 @@ def narrow(height: int, width: int, seed: Seed = None) -> torch.Tensor:
     n_strokes = (max(1, round(4 * f)), max(1, round(12 * f)))
     return _banded(
         lambda: _strokes(height, width, g, n_strokes, (1, 5), (0.05, 0.4), (0.01, 0.05), 1.5),
-        NARROW_BAND, "narrow",
+        NARROW_BAND,
+        "narrow",
     )
 
 

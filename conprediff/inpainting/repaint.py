@@ -107,7 +107,10 @@ def _alpha_bar_from(schedule: NoiseSchedule) -> torch.Tensor:
 
 
 def forward_jump(
-    x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, schedule: NoiseSchedule,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    t_next: torch.Tensor,
+    schedule: NoiseSchedule,
     noise: torch.Tensor,
 ) -> torch.Tensor:
     r"""Re-noise forward from ``t`` to a later ``t_next`` with the exact marginal (RePaint Alg. 1).
@@ -141,8 +144,12 @@ def forward_jump(
 
 
 def merge_known(
-    x: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
-    schedule: NoiseSchedule, noise: torch.Tensor | None,
+    x: torch.Tensor,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    t: torch.Tensor,
+    schedule: NoiseSchedule,
+    noise: torch.Tensor | None,
 ) -> torch.Tensor:
     r"""Replace the known region of ``x`` by the input forward-noised to ``t`` (RePaint Eq. 8).
 
@@ -264,7 +271,8 @@ def repaint(
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or not image.is_floating_point():
         got = (
-            f"{tuple(image.shape)} {image.dtype}" if isinstance(image, torch.Tensor)
+            f"{tuple(image.shape)} {image.dtype}"
+            if isinstance(image, torch.Tensor)
             else type(image).__name__
         )
         raise ValueError(f"image must be a floating (B, C, H, W) tensor, got {got}")

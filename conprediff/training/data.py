@@ -219,13 +219,20 @@ def _collate_same_size(items: list[Any]) -> Any:
     return torch.utils.data.default_collate(items)
 
 
-def infer_data_range(images: torch.Tensor) -> tuple[float, float]:
-    """The range images live in: the smallest of ``[0, 1]``, ``[-1, 1]``, ``[0, 255]`` that
-    contains them, else their own ``[min, max]``."""
+def infer_data_range(images: torch.Tensor, tol: float = 0.02) -> tuple[float, float]:
+    """The range images live in.
+
+    ``[0, 1]`` or ``[-1, 1]`` when the data lies in one of them (up to ``tol`` of overshoot, as
+    resizing leaves), ``[0, 255]`` when the values are within it and exceed ``1 + tol``, else
+    the data's own ``[min, max]``.
+    """
     lo, hi = float(images.min()), float(images.max())
-    for a, b in ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0)):
-        if a <= lo and hi <= b:
-            return a, b
+    if lo >= -tol and hi <= 1 + tol:
+        return 0.0, 1.0
+    if lo >= -1 - tol and hi <= 1 + tol:
+        return -1.0, 1.0
+    if lo >= -tol * 255 and 100.0 <= hi <= 255 * (1 + tol):
+        return 0.0, 255.0
     if hi <= lo:
         raise ValueError(f"data is constant ({lo}); it has no range to model")
     return lo, hi

@@ -157,6 +157,7 @@ class Trainer:
         self.config = config
         self.dist = dist_info
         device = config.device
+        self.seed = seed
         self.noise_generator = torch.Generator(device).manual_seed(seed + 2)
         self.context_generator = torch.Generator(device).manual_seed(seed + 3)
         if config.channels_last:
@@ -191,6 +192,8 @@ class Trainer:
         if cfg.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(cfg.device)
         return {
+            "seed": self.seed,
+            "run": {"image_shape": list(cfg.image_shape), "data_range": list(cfg.data_range)},
             "step": self.state.step,
             "history": self.state.history,
             "objective": self.objective.state_dict(),
@@ -333,14 +336,16 @@ class Trainer:
             while self.state.step < cfg.max_steps:
                 totals = self._step()
                 self.state.step += 1
-                if totals is None:
-                    self.state.log(skipped=self.state.step)
-                    bar.update(1)
-                    continue
-                self.state.log(**totals)
-                window_images += cfg.grad_accum_steps * self.dist.world_size * self._batch_size()
                 bar.update(1)
-                bar.set_postfix(loss=f"{totals['loss']:.4f}", refresh=False)
+                if totals is None:  # skipped: nothing to log, but checkpoints and callbacks run
+                    self.state.log(skipped=self.state.step)
+                    totals = {}
+                else:
+                    self.state.log(**totals)
+                    window_images += (
+                        cfg.grad_accum_steps * self.dist.world_size * self._batch_size()
+                    )
+                    bar.set_postfix(loss=f"{totals['loss']:.4f}", refresh=False)
                 if (
                     callback is not None
                     and self.dist.is_main
