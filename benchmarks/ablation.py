@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -60,6 +59,9 @@ from conprediff.evaluation import (
     precision_recall,
 )
 from conprediff.training.checkpoint import list_checkpoints
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine as common_machine  # noqa: E402
 
 BASELINE = "baseline"
 DEFAULT = "conprediff"
@@ -557,17 +559,8 @@ def plot(path: Path, res: dict, arms: list[str], seeds: list[int], steps: list[i
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    text = f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads, " \
-           f"torch {torch.__version__}"
-    if torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name(0)}"
-    return text
+    """The machine description shared by all benchmarks, with the core count."""
+    return f"{common_machine()} ({os.cpu_count()} cores)"
 
 
 # ----------------------------------------------------------------------------------- estimate
