@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -253,26 +255,65 @@ class ConPreDiffModel(BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ validation
-    def _check_params(self) -> None:
+    def _check_params(self) -> dict[str, Any]:
+        """Validate the parameters; return the numeric ones as plain ``int``/``float``."""
         make_betas(self.schedule, self.timesteps)  # validates schedule and timesteps
         check_prediction(self.prediction)
-        for name in ("lr", "batch_size", "max_steps"):
+        out: dict[str, Any] = {}
+
+        def integer(name: str, minimum: int, optional: bool = False) -> None:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if not isinstance(self.batch_size, int) or not isinstance(self.max_steps, int):
-            raise ValueError(
-                f"batch_size and max_steps must be integers, got {self.batch_size!r} and "
-                f"{self.max_steps!r}"
-            )
-        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
-            raise ValueError(f"epochs must be a positive integer or None, got {self.epochs!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
-            raise ValueError(f"min_snr_gamma must be positive or None, got {self.min_snr_gamma!r}")
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay!r}")
+            if value is None and optional:
+                out[name] = None
+                return
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+            if value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+            out[name] = int(value)
+
+        def real(
+            name: str,
+            low: float,
+            high: float | None = None,
+            *,
+            open_low: bool = False,
+            open_high: bool = True,
+            optional: bool = False,
+        ) -> None:
+            value = getattr(self, name)
+            if value is None and optional:
+                out[name] = None
+                return
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            bad_low = value <= low if open_low else value < low
+            bad_high = high is not None and (value >= high if open_high else value > high)
+            if bad_low or bad_high or not math.isfinite(value):
+                lo_b = "(" if open_low else "["
+                hi_b = ")" if open_high or high is None else "]"
+                raise ValueError(
+                    f"{name} must be in {lo_b}{low}, {'inf' if high is None else high}{hi_b}, "
+                    f"got {value!r}"
+                )
+            out[name] = float(value)
+
+        integer("batch_size", 1)
+        integer("max_steps", 1)
+        integer("epochs", 1, optional=True)
+        integer("grad_accum_steps", 1)
+        integer("log_every", 1)
+        integer("keep_checkpoints", 1)
+        integer("lr_warmup_steps", 0)
+        integer("checkpoint_every", 1, optional=True)
+        integer("verbose", 0)
+        real("lr", 0.0, open_low=True)
+        real("weight_decay", 0.0)
+        real("min_snr_gamma", 0.0, open_low=True, optional=True)
+        real("ema_decay", 0.0, 1.0, optional=True)
+        real("grad_clip", 0.0, open_low=True, optional=True)
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile must be True or False, got {self.compile!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if self.lr_schedule not in ("constant", "cosine", "linear"):
@@ -281,24 +322,8 @@ class ConPreDiffModel(BaseEstimator):
             )
         if self.on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
-        for name in ("grad_accum_steps", "log_every", "keep_checkpoints"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.lr_warmup_steps, int) or self.lr_warmup_steps < 0:
-            raise ValueError(
-                f"lr_warmup_steps must be an integer >= 0, got {self.lr_warmup_steps!r}"
-            )
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
-        if self.checkpoint_every is not None:
-            if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
-                raise ValueError(
-                    f"checkpoint_every must be a positive integer or None, got "
-                    f"{self.checkpoint_every!r}"
-                )
-            if self.checkpoint_dir is None:
-                raise ValueError("checkpoint_every needs checkpoint_dir to be set")
+        if self.checkpoint_every is not None and self.checkpoint_dir is None:
+            raise ValueError("checkpoint_every needs checkpoint_dir to be set")
         if self.data_range != "auto":
             lo_hi = self.data_range
             if not (isinstance(lo_hi, tuple | list) and len(lo_hi) == 2 and lo_hi[0] < lo_hi[1]):
@@ -314,6 +339,7 @@ class ConPreDiffModel(BaseEstimator):
                 "context must be a ContextPrediction (an object with build()) or None, got "
                 f"{type(self.context).__name__}"
             )
+        return out
 
     # ------------------------------------------------------------------ building
     def _build_backbone(self, shape: tuple[int, int, int]) -> nn.Module:
@@ -388,7 +414,7 @@ class ConPreDiffModel(BaseEstimator):
         FloatingPointError
             On a non-finite loss with ``on_nonfinite='raise'`` (naming the step and the terms).
         """
-        self._check_params()
+        p = self._check_params()
         device = resolve_device(self.device)
         dist_info, device = distributed.setup(device)
         resume_state = self._read_resume_state(resume) if resume is not None else None
@@ -408,7 +434,7 @@ class ConPreDiffModel(BaseEstimator):
                 stacklevel=2,
             )
         loader, n_items = as_loader(
-            data, y, self.batch_size, seed, dist_info.world_size, dist_info.rank
+            data, y, p["batch_size"], seed, dist_info.world_size, dist_info.rank
         )
         stream = BatchStream(loader)
         if isinstance(data, torch.Tensor | np.ndarray):
@@ -437,10 +463,10 @@ class ConPreDiffModel(BaseEstimator):
                 torch.manual_seed(seed + 1)  # separate stream: the backbone init is unchanged
                 head = self.context.build(backbone.feature_channels, shape[0]).to(device)
 
-        n_steps = self.max_steps
-        if self.epochs is not None:
+        n_steps = p["max_steps"]
+        if p["epochs"] is not None:
             try:
-                n_steps = max(1, -(-self.epochs * len(loader) // self.grad_accum_steps))
+                n_steps = max(1, -(-p["epochs"] * len(loader) // p["grad_accum_steps"]))
             except TypeError:
                 raise ValueError("epochs needs data of known length; use max_steps") from None
         config = TrainConfig(
@@ -449,19 +475,19 @@ class ConPreDiffModel(BaseEstimator):
             data_range=data_range,
             image_shape=shape,
             device=device,
-            lr=float(self.lr),
+            lr=p["lr"],
             max_steps=n_steps,
-            min_snr_gamma=self.min_snr_gamma,
+            min_snr_gamma=p["min_snr_gamma"],
             precision=self.precision,
-            grad_accum_steps=self.grad_accum_steps,
-            grad_clip=self.grad_clip,
-            lr_warmup_steps=self.lr_warmup_steps,
+            grad_accum_steps=p["grad_accum_steps"],
+            grad_clip=p["grad_clip"],
+            lr_warmup_steps=p["lr_warmup_steps"],
             lr_schedule=self.lr_schedule,
             on_nonfinite=self.on_nonfinite,
-            log_every=self.log_every,
+            log_every=p["log_every"],
             checkpoint_dir=None if self.checkpoint_dir is None else str(self.checkpoint_dir),
-            checkpoint_every=self.checkpoint_every,
-            keep_checkpoints=self.keep_checkpoints,
+            checkpoint_every=p["checkpoint_every"],
+            keep_checkpoints=p["keep_checkpoints"],
             channels_last=device.type == "cuda",
         )
         trainer = Trainer(
@@ -470,8 +496,8 @@ class ConPreDiffModel(BaseEstimator):
             config,
             dist_info,
             seed,
-            ema_decay=self.ema_decay,
-            weight_decay=self.weight_decay,
+            ema_decay=p["ema_decay"],
+            weight_decay=p["weight_decay"],
             compile=self.compile,
         )
         if resume_state is not None:
@@ -502,7 +528,7 @@ class ConPreDiffModel(BaseEstimator):
         self.seed_ = seed
         self.n_items_seen_ = n_items
         self.world_size_ = dist_info.world_size
-        self.timesteps_ = self.timesteps
+        self.timesteps_ = int(self.timesteps)
         self.schedule_ = self.schedule
         self.prediction_ = self.prediction
         return self

@@ -17,6 +17,7 @@ the clean sample :math:`x_0`), ``t = T - 1`` the noisiest.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from sklearn.base import BaseEstimator
@@ -98,9 +99,9 @@ def make_betas(kind: str, timesteps: int) -> torch.Tensor:
     """Betas of a named schedule: ``'linear'``, ``'cosine'`` or ``'sigmoid'``; ``(T,)`` float64."""
     if kind not in _BETAS:
         raise ValueError(f"schedule kind must be one of {sorted(_BETAS)}, got {kind!r}")
-    if not isinstance(timesteps, int) or timesteps < 2:
+    if isinstance(timesteps, bool) or not isinstance(timesteps, numbers.Integral) or timesteps < 2:
         raise ValueError(f"timesteps must be an integer >= 2, got {timesteps!r}")
-    return _BETAS[kind](timesteps)
+    return _BETAS[kind](int(timesteps))
 
 
 def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ the caller names explicitly, are rebuilt: a file cannot make the loader call any
 from __future__ import annotations
 
 import importlib
+import numbers
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -29,6 +30,10 @@ def to_jsonable(value: Any, name: str = "value") -> Any:
     """
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if isinstance(value, numbers.Integral):  # numpy integers
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, tuple):

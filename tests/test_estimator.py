@@ -307,3 +307,19 @@ def test_unsavable_parameter_is_named(fitted, tmp_path):
 
     with pytest.raises(TypeError, match="'context__metric'"):
         to_jsonable({"context": {"metric": len}}, "params")
+
+
+def test_numpy_scalars_are_accepted_and_wrong_types_named(images, tmp_path):
+    m = tiny(
+        max_steps=np.int64(2), lr=np.float32(1e-3), batch_size=np.int32(8), timesteps=np.int64(20)
+    ).fit(images)
+    assert m.n_steps_ == 2
+    m.save(tmp_path / "np.safetensors")  # numpy scalars serialise as plain numbers
+    for param, value in (
+        ("weight_decay", "a"),
+        ("grad_clip", "1"),
+        ("max_steps", 2.5),
+        ("compile", "yes"),
+    ):
+        with pytest.raises(TypeError, match=param):
+            tiny(**{param: value}).fit(images)
