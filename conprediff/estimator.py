@@ -572,6 +572,23 @@ class ConPreDiffModel(BaseEstimator):
             return self.ema_backbone_
         return self.backbone_
 
+    def _check_steps(self, steps: int | None, default: int) -> int:
+        """``steps``, or ``min(default, timesteps_)`` when None; must lie in [1, timesteps_]."""
+        steps = min(default, self.timesteps_) if steps is None else steps
+        if (
+            isinstance(steps, bool)
+            or not isinstance(steps, int)
+            or not 1 <= steps <= self.timesteps_
+        ):
+            raise ValueError(f"steps must be an integer in [1, {self.timesteps_}], got {steps!r}")
+        return steps
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        """A generator on the model's device, seeded with ``seed`` (a random seed when None)."""
+        gen = torch.Generator(self.device_)
+        gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        return gen
+
     @torch.no_grad()
     def sample(
         self,
@@ -611,20 +628,13 @@ class ConPreDiffModel(BaseEstimator):
         net = self._denoiser(use_ema)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        steps = min(50, self.timesteps_) if steps is None else steps
-        if (
-            isinstance(steps, bool)
-            or not isinstance(steps, int)
-            or not 1 <= steps <= self.timesteps_
-        ):
-            raise ValueError(f"steps must be an integer in [1, {self.timesteps_}], got {steps!r}")
+        steps = self._check_steps(steps, default=50)
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta!r}")
         device = self.device_
-        gen = torch.Generator(device)
-        gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        gen = self._generator(seed)
         schedule = self._fitted_schedule()
         out = []
         for start in range(0, n, batch_size):
@@ -707,20 +717,13 @@ class ConPreDiffModel(BaseEstimator):
                 f"img values must lie in the data range [{lo}, {hi}], got "
                 f"[{float(images.min()):.4g}, {float(images.max()):.4g}]"
             )
-        steps = min(250, self.timesteps_) if steps is None else steps
         missing = as_mask(mask, tuple(images.shape) if not single else (C, H, W))
         if single and missing.ndim == 3:
             missing = missing[None]
         missing = missing.to(images.device).expand_as(images)
-        if (
-            isinstance(steps, bool)
-            or not isinstance(steps, int)
-            or not 1 <= steps <= self.timesteps_
-        ):
-            raise ValueError(f"steps must be an integer in [1, {self.timesteps_}], got {steps!r}")
+        steps = self._check_steps(steps, default=250)
         device = self.device_
-        gen = torch.Generator(device)
-        gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        gen = self._generator(seed)
         unit = to_unit(images, self.data_range_).to(device)
         filled = repaint(
             lambda x, t: net(x, t)[0],
