@@ -89,8 +89,11 @@ def metrics_for(C: int):
     """(label, metric, fraction of P to time on) for C channels."""
     rows = []
     if C == 1:
-        rows.append(("SortedW2 (default, C=1)", SortedW2(validate=False), 1.0))
-        rows.append(("SortedW2 sort=network", SortedW2(sort="network", validate=False), 1.0))
+        rows.append(("SortedW2 (default, C=1; network on the CPU)", SortedW2(validate=False),
+                     1.0))
+        rows.append(("SortedW2 sort=torch", SortedW2(sort="torch", validate=False), 1.0))
+        rows.append(("SortedW2 split=False (quantile path)",
+                     SortedW2(split=False, validate=False), 1.0))
     rows += [
         ("SlicedW2 L=16" + (" (default, C>1)" if C > 1 else ""),
          SlicedW2(16, seed=0, validate=False), 1.0),
@@ -125,7 +128,7 @@ def machine() -> str:
 
 def run(quick: bool):
     B = 4 if quick else 64
-    repeats = 2 if quick else 3
+    repeats = 2 if quick else 9
     n_loop = 100 if quick else 500
     n_err = 50 if quick else 200
     results = []

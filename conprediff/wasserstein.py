@@ -60,7 +60,11 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import sys
+from fractions import Fraction
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -165,16 +169,20 @@ def _sq_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x.unsqueeze(2) - y.unsqueeze(1)).pow(2).sum(-1)
 
 
-def _is_uniform(w: torch.Tensor | None) -> torch.Tensor | None:
-    """Per-row flag ``(P,)``: all weights of the row are equal (so uniform, no zeros)."""
-    if w is None:
-        return None
-    return (w == w[:, :1]).all(-1)
-
-
 # --------------------------------------------------------------------------------------------
 # 1-D exact solver (shared by SortedW2 and SlicedW2)
 # --------------------------------------------------------------------------------------------
+#
+# Two paths, both exact:
+#
+# * the *support* path, for problems whose weights are uniform on their support (every weight
+#   of a row is 0 or the row's common value: uniform sets, and neighbourhoods whose out-of-grid
+#   points were dropped). Both sets are argsorted with the zero-weight points last; the monotone
+#   optimal plan between ``m`` and ``n`` equal masses depends only on ``(m, n)``, so it is a
+#   cached list of (i, j, mass) triples, and value and gradient are computed together in one
+#   custom autograd function (no graph through the sort).
+# * the *quantile* path, for arbitrary weights: the merged grid of the two cumulative weight
+#   vectors, located with ``torch.searchsorted`` (ordinary autograd).
 
 
 @functools.lru_cache(maxsize=64)
@@ -201,39 +209,225 @@ def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     return tuple((i, j) for i, j in pairs if j < n)
 
 
-_NETWORK_MAX = 32  # up to this many points, sort with a network of elementwise min/max
+_NETWORK_MAX = 32  # up to this many points per set the network may replace torch.sort
+_SORTS = ("auto", "torch", "network")
+_INT32_MAX = 2**31 - 1
 
 
-def _sorted_columns(v: torch.Tensor) -> list[torch.Tensor]:
-    """Sorted values of the rows of ``v`` ``(N, n)``, as ``n`` contiguous columns ``(N,)``.
+def _order_keys(v: torch.Tensor) -> torch.Tensor:
+    """int64 keys ``(N, n)`` whose order is that of ``v`` ``(N, n)`` (float32 or narrower).
 
-    For small ``n`` a sorting network of ``torch.minimum``/``torch.maximum`` over whole columns is
-    several times faster on the CPU than ``torch.sort`` along a short last dimension, and
-    differentiable in the same way.
+    The high 32 bits hold the float32 bit pattern made order-preserving as a signed integer
+    (negative floats have their 31 low bits flipped; -0.0 ties with +0.0, as in ``torch.sort``);
+    the low 32 bits hold the column index ``0..n-1``. Sorting the keys therefore sorts the values
+    stably, and both the value and its index can be read back from a sorted key
+    (:func:`_decode_keys`).
     """
-    n = v.shape[1]
-    if n > _NETWORK_MAX:
-        return list(v.sort(-1).values.T.contiguous().unbind(0))
-    cols = list(v.T.contiguous().unbind(0))
+    N, n = v.shape
+    bits = (v.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
+    high = bits ^ ((bits >> 31) & _INT32_MAX)
+    words = torch.empty(N, n, 2, dtype=torch.int32, device=v.device)
+    hi, lo = (1, 0) if sys.byteorder == "little" else (0, 1)
+    words[..., hi] = high
+    words[..., lo] = torch.arange(n, dtype=torch.int32, device=v.device)
+    return words.view(torch.int64).view(N, n)
+
+
+def _decode_keys(keys: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values (``dtype``) and int64 indices of int64 keys from :func:`_order_keys`."""
+    words = keys.view(torch.int32).view(*keys.shape, 2)
+    hi, lo = (1, 0) if sys.byteorder == "little" else (0, 1)
+    high = words[..., hi]
+    values = (high ^ ((high >> 31) & _INT32_MAX)).view(torch.float32).to(dtype)
+    return values, words[..., lo].to(torch.int64)
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device):
+    """Run torch's CPU operations in the block on one intra-op thread (no-op on other devices).
+
+    The 1-D solver issues hundreds of operations on ``(N,)`` columns or short rows. Split across
+    threads, each of them waits for every thread at its end; on a busy machine (more runnable
+    threads than cores) those waits grow from microseconds to milliseconds. Measured on 2 cores
+    shared with a training run, K = 8: the sorting network alone 360 ms with 2 threads, 0.46 ms
+    on one; the whole forward 289 ms against 3.0 ms. ``torch.set_num_threads`` is process-wide;
+    the previous value is restored on exit.
+    """
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _network(v: torch.Tensor) -> torch.Tensor:
+    """The rows of ``v`` ``(N, n)`` sorted by Batcher's network, as columns ``(n, N)``.
+
+    Each comparator is two elementwise operations over whole columns ``(N,)``. They write into
+    ``n + 1`` preallocated rows of one buffer (the column that is no longer needed becomes the
+    next output), so the network allocates nothing and reads the strided input columns only once.
+    """
+    N, n = v.shape
+    buf = v.new_empty(n + 1, N)
+    free = list(buf.unbind(0))
+    cols = list(v.unbind(1))
+    owned = [False] * n  # whether cols[k] is a buffer row (else a view of the input)
     for i, j in _sorting_network(n):
-        lo = torch.minimum(cols[i], cols[j])
-        cols[j] = torch.maximum(cols[i], cols[j])
-        cols[i] = lo
-    return cols
+        lo = free.pop()
+        torch.minimum(cols[i], cols[j], out=lo)
+        if owned[j]:
+            torch.maximum(cols[i], cols[j], out=cols[j])  # elementwise: in place is safe
+        else:
+            hi = free.pop()
+            torch.maximum(cols[i], cols[j], out=hi)
+            cols[j], owned[j] = hi, True
+        if owned[i]:
+            free.append(cols[i])
+        cols[i], owned[i] = lo, True
+    return torch.stack(cols, 0)
 
 
-def _w2_1d_uniform(x: torch.Tensor, y: torch.Tensor, network: bool = False) -> torch.Tensor:
-    """``(N, n)`` and ``(N, n)`` uniform sets of the same size: mean squared sorted difference."""
-    n = x.shape[1]
+def _sorted_columns(
+    v: torch.Tensor, keep: torch.Tensor | None, sort: str, with_index: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows of ``v`` ``(N, n)`` sorted (stable; dropped points last), as columns ``(n, N)``.
+
+    ``keep`` is None (all points) or ``(N, n)`` with 1.0 for the points kept and 0.0 for the
+    dropped ones (they become ``+inf``). Returns the sorted values and, when ``with_index``, the
+    int64 source column of each. With the network (``sort='network'``, or ``'auto'`` on the CPU,
+    for ``n <= 32``) every comparator is two elementwise operations over whole columns ``(N,)``,
+    several times faster on the CPU than ``torch.sort`` along a short dimension. The index rides
+    along packed into int64 keys (float32 and narrower, :func:`_order_keys`) or, in float64,
+    beside the values.
+    """
+    N, n = v.shape
+    if keep is not None:  # float arithmetic: much faster than a boolean masked_fill on the CPU
+        v = torch.maximum(v, (0.5 - keep) * float("inf"))
+    network = sort == "network" or (sort == "auto" and v.device.type == "cpu")
     if not network or n > _NETWORK_MAX:
-        d = x.sort(-1).values - y.sort(-1).values
-        return (d * d).mean(-1)
-    xs, ys = _sorted_columns(x), _sorted_columns(y)
-    d = torch.stack(xs) - torch.stack(ys)  # (n, N)
-    return (d * d).mean(0)
+        s = torch.sort(v, dim=1, stable=True)
+        return s.values.T, s.indices.T if with_index else None
+    if not with_index:
+        return _network(v), None
+    if v.dtype != torch.float64:
+        return _decode_keys(_network(_order_keys(v)), v.dtype)
+    vals = list(v.unbind(1))
+    idx = list(torch.arange(n, device=v.device).view(n, 1).expand(n, N).unbind(0))
+    for i, j in _sorting_network(n):
+        swap = vals[i] > vals[j]
+        lo = torch.minimum(vals[i], vals[j])
+        vals[j] = torch.maximum(vals[i], vals[j])
+        vals[i] = lo
+        ilo = torch.where(swap, idx[j], idx[i])
+        idx[j] = torch.where(swap, idx[i], idx[j])
+        idx[i] = ilo
+    return torch.stack(vals, 0), torch.stack(idx, 0)
 
 
-def _w2_1d_weighted(x, y, a, b) -> torch.Tensor:
+@functools.lru_cache(maxsize=4096)
+def _monotone_plan(m: int, n: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]:
+    """The monotone optimal plan between ``m`` and ``n`` equal masses, as ``(i, j, mass)`` lists.
+
+    Sorted atom ``i`` of the first set holds ``[i/m, (i+1)/m)`` of the unit interval and atom
+    ``j`` of the second ``[j/n, (j+1)/n)``; the plan moves the length of each non-empty
+    intersection (``m + n - gcd(m, n)`` of them), computed in exact rational arithmetic.
+    """
+    cuts = sorted({Fraction(i, m) for i in range(m + 1)} | {Fraction(j, n) for j in range(n + 1)})
+    ii, jj, mass = [], [], []
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+        ii.append(int(lo * m))  # floor: the atom whose interval contains [lo, hi)
+        jj.append(int(lo * n))
+        mass.append(float(hi - lo))
+    return tuple(ii), tuple(jj), tuple(mass)
+
+
+def _support_groups(m, n, Q: int, K: int):
+    """``[(m, n, columns or None)]``: the problems grouped by their support sizes ``(m, n)``.
+
+    ``m`` and ``n`` are ``(N,)`` sizes or None (all points kept); columns None means all problems.
+    """
+    if m is None and n is None:
+        return [(Q, K, None)]
+    m = torch.full_like(n, Q) if m is None else m
+    n = torch.full_like(m, K) if n is None else n
+    code = m * (K + 1) + n
+    codes = torch.bincount(code, minlength=(Q + 1) * (K + 1)).nonzero().squeeze(1).tolist()
+    if len(codes) == 1:
+        return [(codes[0] // (K + 1), codes[0] % (K + 1), None)]
+    return [(c // (K + 1), c % (K + 1), (code == c).nonzero().squeeze(1)) for c in codes]
+
+
+class _SupportW2(torch.autograd.Function):
+    r"""Exact 1-D W2² for weights uniform on their support; value and gradient in one pass.
+
+    Inputs: ``x`` ``(N, Q)``, ``y`` ``(N, K)``, keep masks of the same shapes (1.0 kept, 0.0
+    dropped; None = all kept) and support sizes ``(N,)`` int64 (None = all). The work is done on
+    sorted columns ``(n, N)``; the gradient in the sorted order,
+    :math:`2 \sum_j \pi_{ij} (x_{(i)} - y_{(j)})`, is scattered back to the input positions.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, x_keep, y_keep, m, n, sort):
+        N, Q = x.shape
+        K = y.shape[1]
+        need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        xs, ix = _sorted_columns(x, x_keep, sort, need_x)  # (Q, N)
+        ys, iy = _sorted_columns(y, y_keep, sort, need_y)  # (K, N)
+        groups = _support_groups(m, n, Q, K)
+        gx = gy = None
+        if Q == K:
+            # identity plan with masses 1/K for every problem; the problems with dropped points
+            # (inf among their sorted values) are overwritten by their own plans below
+            d = xs - ys
+            out = (d * d).mean(0)
+            if need_x or need_y:
+                gx = d * (2.0 / K)
+                gy = -gx if need_y else None
+                gx = gx if need_x else None
+            groups = [g for g in groups if g[:2] != (K, K)]
+        else:
+            out = x.new_empty(N)
+            gx = x.new_empty(Q, N) if need_x else None
+            gy = y.new_empty(K, N) if need_y else None
+        for mg, ng, cols in groups:
+            ii, jj, mass = _monotone_plan(mg, ng)
+            ii = torch.tensor(ii, device=x.device)
+            jj = torch.tensor(jj, device=x.device)
+            mass = torch.tensor(mass, device=x.device, dtype=x.dtype).view(-1, 1)
+            xg = xs if cols is None else xs.index_select(1, cols)
+            yg = ys if cols is None else ys.index_select(1, cols)
+            dg = xg.index_select(0, ii) - yg.index_select(0, jj)
+            dm = dg * mass
+            val = (dm * dg).sum(0)
+            gxg = xg.new_zeros(xg.shape).index_add_(0, ii, 2 * dm) if need_x else None
+            gyg = yg.new_zeros(yg.shape).index_add_(0, jj, -2 * dm) if need_y else None
+            if cols is None:
+                out, gx, gy = val, gxg, gyg
+                continue
+            out.index_copy_(0, cols, val)
+            if need_x:
+                gx.index_copy_(1, cols, gxg)
+            if need_y:
+                gy.index_copy_(1, cols, gyg)
+        gx_full = x.new_zeros(Q, N).scatter_(0, ix, gx).T if need_x else None
+        gy_full = y.new_zeros(K, N).scatter_(0, iy, gy).T if need_y else None
+        ctx.save_for_backward(gx_full, gy_full)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        gx, gy = ctx.saved_tensors
+        g = grad.unsqueeze(1)
+        return (None if gx is None else g * gx, None if gy is None else g * gy,
+                None, None, None, None, None)
+
+
+def _w2_1d_quantile(x, y, a, b) -> torch.Tensor:
     """``(N, Q)``, ``(N, K)`` with weights ``(N, Q)``/``(N, K)`` (None = uniform): quantile form."""
     N, Q = x.shape
     K = y.shape[1]
@@ -260,36 +454,86 @@ def _w2_1d_weighted(x, y, a, b) -> torch.Tensor:
     return (du * d * d).sum(-1)
 
 
-def _w2_1d(x, y, a=None, b=None, split: bool = True, network: bool = False) -> torch.Tensor:
+class _Support(NamedTuple):
+    """Support of a weight matrix ``(N, n)``; None fields mean "all points" / "all problems"."""
+
+    keep: torch.Tensor | None  # (N, n) 1.0 where the weight is > 0, else 0.0
+    size: torch.Tensor | None  # (N,) int64: number of points kept
+    uniform: torch.Tensor | None  # (N,) bool: the kept weights of the problem are equal
+
+
+def _support(w: torch.Tensor | None) -> _Support:
+    """Which problems have weights uniform on their support.
+
+    Built from elementwise float operations and matrix-vector products only (reductions along a
+    short last dimension, and boolean masks, are several times slower on the CPU). Kept weights
+    that differ by less than ``8 eps`` of the dtype, relative to their sum, count as equal: the
+    same order as the rounding of the sums that follow.
+    """
+    if w is None:
+        return _Support(None, None, None)
+    N, n = w.shape
+    keep = w.sign()
+    ones = w.new_ones(n)
+    size = torch.mv(keep, ones)
+    total = torch.mv(w, ones)
+    spread = torch.mv((w - keep * (total / size).unsqueeze(1)).abs(), ones)
+    uniform = spread <= (8 * torch.finfo(w.dtype).eps) * total
+    full = bool((size == n).all())
+    return _Support(
+        None if full else keep,
+        None if full else size.round().to(torch.int64),
+        None if bool(uniform.all()) else uniform,
+    )
+
+
+def _select(s: _Support, rows: torch.Tensor) -> _Support:
+    return _Support(
+        None if s.keep is None else s.keep.index_select(0, rows),
+        None if s.size is None else s.size.index_select(0, rows),
+        None,
+    )
+
+
+def _w2_1d(x, y, a=None, b=None, split: bool = True, sort: str = "auto") -> torch.Tensor:
     """Exact batched 1-D W2²: ``x`` ``(N, Q)``, ``y`` ``(N, K)``, weights or None -> ``(N,)``.
 
-    When ``Q == K`` the problems whose two weight vectors are both uniform take the sorting fast
-    path and the others the quantile path (``split=True``).
+    Problems whose weights are uniform on their support take the support path; the others (all
+    problems when ``split=False``) the quantile path. On the CPU the forward runs on one
+    intra-op thread (see :func:`_one_cpu_thread`).
     """
-    N, Q = x.shape
-    K = y.shape[1]
-    if Q != K:
-        return _w2_1d_weighted(x, y, a, b)
-    if a is None and b is None:
-        return _w2_1d_uniform(x, y, network)
-    ua, ub = _is_uniform(a), _is_uniform(b)
-    uni = ua if ub is None else ub if ua is None else ua & ub
+    if x.dtype in (torch.float16, torch.bfloat16):  # solve in float32, answer in x's dtype
+        a = None if a is None else a.float()
+        b = None if b is None else b.float()
+        return _w2_1d(x.float(), y.float(), a, b, split, sort).to(x.dtype)
+    with _one_cpu_thread(x.device):
+        return _w2_1d_paths(x, y, a, b, split, sort)
+
+
+def _w2_1d_paths(x, y, a, b, split: bool, sort: str) -> torch.Tensor:
     if not split:
-        return _w2_1d_weighted(x, y, a, b)
-    fast = uni.nonzero().squeeze(1)
-    slow = (~uni).nonzero().squeeze(1)
-    if slow.numel() == 0:
-        return _w2_1d_uniform(x, y, network)
-    if fast.numel() == 0:
-        return _w2_1d_weighted(x, y, a, b)
-    r_fast = _w2_1d_uniform(x.index_select(0, fast), y.index_select(0, fast), network)
-    r_slow = _w2_1d_weighted(
+        return _w2_1d_quantile(x, y, a, b)
+    sa, sb = _support(a), _support(b)
+    if sa.uniform is None and sb.uniform is None:
+        return _SupportW2.apply(x, y, sa.keep, sb.keep, sa.size, sb.size, sort)
+    ok = sa.uniform if sb.uniform is None else sb.uniform if sa.uniform is None else (
+        sa.uniform & sb.uniform)
+    fast = ok.nonzero().squeeze(1)
+    slow = (~ok).nonzero().squeeze(1)
+    r_slow = _w2_1d_quantile(
         x.index_select(0, slow),
         y.index_select(0, slow),
         None if a is None else a.index_select(0, slow),
         None if b is None else b.index_select(0, slow),
     )
-    out = torch.zeros(N, dtype=r_fast.dtype, device=r_fast.device)
+    if fast.numel() == 0:
+        return r_slow
+    fa, fb = _select(sa, fast), _select(sb, fast)
+    r_fast = _SupportW2.apply(
+        x.index_select(0, fast), y.index_select(0, fast),
+        fa.keep, fb.keep, fa.size, fb.size, sort,
+    )
+    out = x.new_zeros(x.shape[0])
     return out.index_copy(0, torch.cat([fast, slow]), torch.cat([r_fast, r_slow]))
 
 
@@ -394,23 +638,39 @@ class SortedW2(_W2Metric):
         = \sum_k (u_k - u_{k-1}) \bigl(F_\mu^{-1}(u_k^-) - F_\nu^{-1}(u_k^-)\bigr)^2,
 
     where :math:`0 = u_0 \le u_1 \le \dots \le u_{Q+K} = 1` is the merged grid of the two
-    cumulative weight vectors, on each interval of which both quantile functions are constant
-    (located with ``torch.searchsorted``). When ``Q == K`` and both weight vectors of a problem are
-    uniform this reduces to :math:`\frac1Q \sum_i (x_{(i)} - y_{(i)})^2` (sort both sets), and
-    such problems take that fast path (``split=True``). Zero-weight atoms contribute nothing, to
-    the value or the gradient. Cost :math:`O((Q+K)\log(Q+K))` per problem.
+    cumulative weight vectors, on each interval of which both quantile functions are constant.
+    Zero-weight atoms contribute nothing, to the value or the gradient.
+
+    Two exact paths:
+
+    * **support path** (problems whose weights are uniform on their support, e.g. uniform sets,
+      or neighbourhoods whose out-of-grid points were dropped). Both sets are argsorted with the
+      zero-weight atoms last. Between :math:`m` and :math:`n` equal masses the monotone plan
+      depends only on :math:`(m, n)`; it is computed once, in exact rational arithmetic, and
+      cached. For :math:`m = n` it is the identity and
+      :math:`W_2^2 = \frac1n \sum_i (x_{(i)} - y_{(i)})^2`. The value and the gradient
+      :math:`\partial W_2^2 / \partial x_i = 2 \sum_j \pi_{ij} (x_i - y_j)` are computed in
+      one pass by a custom autograd function, so no graph is built through the sort. It is not
+      twice differentiable.
+    * **quantile path** (any other weights): the merged grid from the cumulative weights, with
+      ``torch.searchsorted``, under ordinary autograd.
+
+    Cost :math:`O((Q+K)\log(Q+K))` per problem.
 
     Parameters
     ----------
     split : bool, default=True
-        When ``Q == K``, send problems with uniform weights to the sorting fast path and only the
-        others to the quantile path (one device synchronisation on CUDA to index them).
-    sort : {'torch', 'network'}, default='torch'
-        How the fast path sorts: ``torch.sort``, or (for up to 32 points) a Batcher odd-even
-        merge sorting network of elementwise ``minimum``/``maximum`` over whole columns. On an
-        idle CPU the network is 3-6x faster (see ``docs/benchmarks/w2_speed.md``), but it issues
-        a hundred-odd small operations, which collapse when the CPU is oversubscribed (torch's
-        intra-op threads then wait at every operation); on CUDA ``torch.sort`` is the better one.
+        Send the problems whose weights are uniform on their support to the support path and only
+        the others to the quantile path. This costs one device synchronisation on CUDA. False
+        sends every problem to the quantile path.
+    sort : {'auto', 'torch', 'network'}, default='auto'
+        How the support path argsorts. 'torch' uses ``torch.sort``. 'network' uses, for up to 32
+        points, a Batcher odd-even merge sorting network of elementwise ``minimum``/``maximum``
+        over whole columns ``(P,)``. In float32 and narrower it sorts int64 keys that pack each
+        value's order-preserving bit pattern with its index. On the CPU the network is 4-5x
+        faster than ``torch.sort`` along a short last dimension (see
+        ``docs/benchmarks/w2_speed.md``). 'auto' uses the network on the CPU and
+        ``torch.sort`` on CUDA. The results are the same: both are stable sorts.
     validate : bool, default=True
         Check the weights' values (non-negative, positive sum) at every call.
 
@@ -419,25 +679,31 @@ class SortedW2(_W2Metric):
     ValueError
         At call time, when the points have more than one channel (``C > 1``).
 
+    Notes
+    -----
+    On the CPU the solver runs on one intra-op thread (``torch.set_num_threads(1)`` for the
+    duration of the forward, then restored). Its hundreds of small operations would otherwise
+    wait for every thread at each step, which costs 100x on a busy machine.
+
     References
     ----------
     * Peyré, G., & Cuturi, M. (2019). Computational optimal transport, remark 2.30.
     """
 
-    def __init__(self, split: bool = True, sort: str = "torch", validate: bool = True):
+    def __init__(self, split: bool = True, sort: str = "auto", validate: bool = True):
         self.split = split
         self.sort = sort
         self.validate = validate
 
     def _compute(self, x, y, a, b):
-        if self.sort not in ("torch", "network"):
-            raise ValueError(f"sort must be 'torch' or 'network', got {self.sort!r}")
+        if self.sort not in _SORTS:
+            raise ValueError(f"sort must be one of {_SORTS}, got {self.sort!r}")
         if x.shape[2] != 1:
             raise ValueError(
                 "SortedW2 is exact in one dimension only: x and y must have C == 1 channel, got "
                 f"x of shape {_shape(x)}; use SlicedW2, SinkhornW2 or GaussianW2 for C > 1"
             )
-        return _w2_1d(x[..., 0], y[..., 0], a, b, split=self.split, network=self.sort == "network")
+        return _w2_1d(x[..., 0], y[..., 0], a, b, split=self.split, sort=self.sort)
 
 
 def _weighted_mean(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ from conprediff.wasserstein import (
     SinkhornW2,
     SlicedW2,
     SortedW2,
+    _monotone_plan,
+    _sorted_columns,
     resolve_metric,
     weighted_moments,
 )
@@ -31,9 +33,11 @@ def _weights(rng, P, n, mode):
     if mode == "none":
         return None
     w = rng.uniform(0.05, 1.0, size=(P, n))
-    if mode == "zeros":  # some dropped points, at least one kept per problem
+    if mode in ("zeros", "support"):  # some dropped points, at least one kept per problem
         drop = rng.uniform(size=(P, n)) < 0.3
         drop[np.arange(P), rng.integers(0, n, size=P)] = False
+        if mode == "support":  # uniform on the kept points, as for border neighbourhoods
+            w[:] = 1.0
         w[drop] = 0.0
     return torch.tensor(w / w.sum(1, keepdims=True), dtype=DT)
 
@@ -45,8 +49,8 @@ def problems(draw, dims=(1, 4), sizes=(1, 24), n_problems=(1, 3)):
     Q = draw(st.integers(*sizes))
     K = draw(st.integers(*sizes))
     C = draw(st.integers(*dims))
-    wx = draw(st.sampled_from(["none", "rand", "zeros"]))
-    wy = draw(st.sampled_from(["none", "rand", "zeros"]))
+    wx = draw(st.sampled_from(["none", "rand", "zeros", "support"]))
+    wy = draw(st.sampled_from(["none", "rand", "zeros", "support"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     x = torch.tensor(rng.normal(size=(P, Q, C)), dtype=DT)
     y = torch.tensor(rng.normal(size=(P, K, C)) + rng.normal(size=C), dtype=DT)
@@ -119,8 +123,71 @@ def test_sorting_network_sorts():
     for n in (1, 2, 3, 5, 8, 13, 24, 32, 40):
         x, y = _no_ties(64, n, 1, n), _no_ties(64, n, 1, 100 + n)
         torch.testing.assert_close(
-            SortedW2(sort="network")(x, y), SortedW2()(x, y), rtol=0, atol=1e-12
+            SortedW2(sort="network")(x, y), SortedW2(sort="torch")(x, y), rtol=0, atol=1e-12
         )
+    # float32 (packed keys) and float64 (index carried beside), with ties and -0.0
+    for v in (torch.randn(500, 24), torch.randn(500, 8).round(decimals=1),
+              torch.randn(300, 13, dtype=DT).round(decimals=1)):
+        ref = torch.sort(v, dim=1, stable=True)
+        vals, idx = _sorted_columns(v, None, "network", True)
+        assert torch.equal(vals, ref.values.T)
+        assert torch.equal(v.T.gather(0, idx), vals)  # the index points at the value
+        if v.dtype == torch.float32:  # packed keys: a stable sort, like torch's
+            assert torch.equal(idx, ref.indices.T)
+        assert torch.equal(_sorted_columns(v, None, "network", False)[0],
+                           ref.values.T)
+        valid = torch.rand(v.shape) < 0.7
+        vals, idx = _sorted_columns(v, valid.to(v.dtype), "network", True)
+        ref = torch.sort(v.masked_fill(~valid, float("inf")), dim=1, stable=True)
+        kept = valid.sort(1, descending=True).values.T  # kept points come first
+        assert torch.equal(valid.T.gather(0, idx), kept)
+        assert torch.equal(vals[kept], ref.values.T[kept])
+        assert torch.equal(v.T.gather(0, idx)[kept], vals[kept])
+    neg = torch.tensor([[0.5, -0.0, 0.0, -2.0, -1.0, 3.0, -1e-30, 1e30]])
+    assert torch.equal(_sorted_columns(neg, None, "network", True)[0],
+                       neg.sort(1).values.T)
+
+
+@pytest.mark.parametrize("sort", ["network", "torch"])
+def test_support_path_in_float32_matches_the_quantile_path(sort):
+    # the loss's workload in miniature: uniform predictions, neighbourhoods with dropped points
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 24, 1, generator=g)
+    y = torch.randn(400, 24, 1, generator=g) + 0.3
+    w = (torch.rand(400, 24, generator=g) < 0.7).float()
+    w[:, 0] = 1.0
+    w[:100] = 1.0  # a group of full neighbourhoods beside the partial ones
+    w = w / w.sum(1, keepdim=True)
+    xr = x.clone().requires_grad_()
+    got = SortedW2(sort=sort)(xr, y, None, w)
+    got.sum().backward()
+    xq = x.clone().requires_grad_()
+    ref = SortedW2(split=False)(xq, y, None, w)
+    ref.sum().backward()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(xr.grad, xq.grad, rtol=1e-5, atol=1e-6)
+    assert SortedW2(sort=sort)(x, x).abs().max() == 0  # identical sets: exactly zero
+
+
+@pytest.mark.parametrize(("m", "n"), [(1, 1), (3, 8), (8, 3), (5, 24), (24, 24), (6, 4)])
+def test_monotone_plan_has_the_right_marginals(m, n):
+    ii, jj, mass = _monotone_plan(m, n)
+    assert len(mass) == m + n - np.gcd(m, n)
+    np.testing.assert_allclose(np.bincount(ii, weights=mass, minlength=m), np.full(m, 1 / m))
+    np.testing.assert_allclose(np.bincount(jj, weights=mass, minlength=n), np.full(n, 1 / n))
+    assert list(ii) == sorted(ii) and list(jj) == sorted(jj)  # monotone
+
+
+@pytest.mark.parametrize("sort", ["network", "torch"])
+def test_support_path_gradcheck_with_dropped_points(sort):
+    g = torch.Generator().manual_seed(3)
+    x = _no_ties(4, 7, 1, 5).requires_grad_()
+    y = _no_ties(4, 6, 1, 6).requires_grad_()
+    a = torch.ones(4, 7, dtype=DT)
+    a[0, 2] = a[2, 5] = 0
+    b = (torch.rand(4, 6, generator=g, dtype=DT) < 0.6).to(DT)
+    b[:, 0] = 1
+    assert torch.autograd.gradcheck(lambda x, y: SortedW2(sort=sort)(x, y, a, b), (x, y))
     x = _no_ties(3, 6, 1, 0).requires_grad_()
     y = _no_ties(3, 6, 1, 1).requires_grad_()
     assert torch.autograd.gradcheck(lambda x, y: SortedW2(sort="network")(x, y), (x, y))
@@ -564,7 +631,7 @@ def test_constructor_argument_errors():
         SinkhornW2(epsilon=0.0)(x, y)
     with pytest.raises(ValueError, match="n_iter must be >= 1"):
         SinkhornW2(n_iter=0)(x, y)
-    with pytest.raises(ValueError, match="sort must be 'torch' or 'network'"):
+    with pytest.raises(ValueError, match="sort must be one of"):
         SortedW2(sort="radix")(x, y)
 
 
@@ -588,3 +655,35 @@ def test_resolve_metric_errors():
         resolve_metric("sorted", n_channels=3)
     with pytest.raises(ValueError, match="n_channels must be a positive int"):
         resolve_metric("auto", n_channels=0)
+
+
+def test_1d_solver_restores_the_thread_count(monkeypatch):
+    # the CPU solver runs on one intra-op thread and must leave torch's setting as it was,
+    # also when it raises
+    import conprediff.wasserstein as w2
+
+    before = torch.get_num_threads()
+    seen = []
+    original = w2._sorted_columns
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return original(*args)
+
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(w2, "_sorted_columns", spy)
+        x = torch.randn(10, 4, 1, requires_grad=True)
+        SortedW2()(x, torch.randn(10, 4, 1)).sum().backward()
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+
+        def boom(*args):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(w2, "_sorted_columns", boom)
+        with pytest.raises(RuntimeError, match="boom"):
+            SortedW2()(x, torch.randn(10, 4, 1))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
