@@ -246,12 +246,14 @@ def _decode_keys(keys: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, 
 def _one_cpu_thread(device: torch.device):
     """Run torch's CPU operations in the block on one intra-op thread (no-op on other devices).
 
-    The 1-D solver issues hundreds of operations on ``(N,)`` columns or short rows. Split across
-    threads, each of them waits for every thread at its end; on a busy machine (more runnable
-    threads than cores) those waits grow from microseconds to milliseconds. Measured on 2 cores
-    shared with a training run, K = 8: the sorting network alone 360 ms with 2 threads, 0.46 ms
-    on one; the whole forward 289 ms against 3.0 ms. ``torch.set_num_threads`` is process-wide;
-    the previous value is restored on exit.
+    The sorting network issues hundreds of operations of a few microseconds each on ``(N,)``
+    columns. Split across threads, each of them waits for every thread at its end; on a busy
+    machine (more runnable threads than cores) those waits grow from microseconds to
+    milliseconds. Measured on 2 cores shared with a training run, K = 8, N = 50,176: the network
+    took 360 ms with 2 threads and 0.46 ms on one; on an idle machine one thread is as fast
+    (1.7 against 1.8 ms at K = 24). The rest of the solver (a few dozen larger operations) keeps
+    all threads: on one thread it was 1.3-1.8x slower on an idle machine. ``torch.set_num_threads``
+    is process-wide; the previous value is restored on exit.
     """
     if device.type != "cpu" or torch.get_num_threads() == 1:
         yield
@@ -276,18 +278,19 @@ def _network(v: torch.Tensor) -> torch.Tensor:
     free = list(buf.unbind(0))
     cols = list(v.unbind(1))
     owned = [False] * n  # whether cols[k] is a buffer row (else a view of the input)
-    for i, j in _sorting_network(n):
-        lo = free.pop()
-        torch.minimum(cols[i], cols[j], out=lo)
-        if owned[j]:
-            torch.maximum(cols[i], cols[j], out=cols[j])  # elementwise: in place is safe
-        else:
-            hi = free.pop()
-            torch.maximum(cols[i], cols[j], out=hi)
-            cols[j], owned[j] = hi, True
-        if owned[i]:
-            free.append(cols[i])
-        cols[i], owned[i] = lo, True
+    with _one_cpu_thread(v.device):
+        for i, j in _sorting_network(n):
+            lo = free.pop()
+            torch.minimum(cols[i], cols[j], out=lo)
+            if owned[j]:
+                torch.maximum(cols[i], cols[j], out=cols[j])  # elementwise: in place is safe
+            else:
+                hi = free.pop()
+                torch.maximum(cols[i], cols[j], out=hi)
+                cols[j], owned[j] = hi, True
+            if owned[i]:
+                free.append(cols[i])
+            cols[i], owned[i] = lo, True
     return torch.stack(cols, 0)
 
 
@@ -317,14 +320,15 @@ def _sorted_columns(
         return _decode_keys(_network(_order_keys(v)), v.dtype)
     vals = list(v.unbind(1))
     idx = list(torch.arange(n, device=v.device).view(n, 1).expand(n, N).unbind(0))
-    for i, j in _sorting_network(n):
-        swap = vals[i] > vals[j]
-        lo = torch.minimum(vals[i], vals[j])
-        vals[j] = torch.maximum(vals[i], vals[j])
-        vals[i] = lo
-        ilo = torch.where(swap, idx[j], idx[i])
-        idx[j] = torch.where(swap, idx[i], idx[j])
-        idx[i] = ilo
+    with _one_cpu_thread(v.device):
+        for i, j in _sorting_network(n):
+            swap = vals[i] > vals[j]
+            lo = torch.minimum(vals[i], vals[j])
+            vals[j] = torch.maximum(vals[i], vals[j])
+            vals[i] = lo
+            ilo = torch.where(swap, idx[j], idx[i])
+            idx[j] = torch.where(swap, idx[i], idx[j])
+            idx[i] = ilo
     return torch.stack(vals, 0), torch.stack(idx, 0)
 
 
@@ -499,18 +503,12 @@ def _w2_1d(x, y, a=None, b=None, split: bool = True, sort: str = "auto") -> torc
     """Exact batched 1-D W2²: ``x`` ``(N, Q)``, ``y`` ``(N, K)``, weights or None -> ``(N,)``.
 
     Problems whose weights are uniform on their support take the support path; the others (all
-    problems when ``split=False``) the quantile path. On the CPU the forward runs on one
-    intra-op thread (see :func:`_one_cpu_thread`).
+    problems when ``split=False``) the quantile path.
     """
     if x.dtype in (torch.float16, torch.bfloat16):  # solve in float32, answer in x's dtype
         a = None if a is None else a.float()
         b = None if b is None else b.float()
         return _w2_1d(x.float(), y.float(), a, b, split, sort).to(x.dtype)
-    with _one_cpu_thread(x.device):
-        return _w2_1d_paths(x, y, a, b, split, sort)
-
-
-def _w2_1d_paths(x, y, a, b, split: bool, sort: str) -> torch.Tensor:
     if not split:
         return _w2_1d_quantile(x, y, a, b)
     sa, sb = _support(a), _support(b)
@@ -681,9 +679,9 @@ class SortedW2(_W2Metric):
 
     Notes
     -----
-    On the CPU the solver runs on one intra-op thread (``torch.set_num_threads(1)`` for the
-    duration of the forward, then restored). Its hundreds of small operations would otherwise
-    wait for every thread at each step, which costs 100x on a busy machine.
+    On the CPU the sorting network runs on one intra-op thread (``torch.set_num_threads(1)``
+    while it runs, then restored). Its hundreds of small operations would otherwise wait for
+    every thread at each step, which costs 100x on a busy machine.
 
     References
     ----------

@@ -658,30 +658,30 @@ def test_resolve_metric_errors():
 
 
 def test_1d_solver_restores_the_thread_count(monkeypatch):
-    # the CPU solver runs on one intra-op thread and must leave torch's setting as it was,
-    # also when it raises
+    # the CPU sorting network runs on one intra-op thread and must leave torch's setting as it
+    # was, also when it raises
     import conprediff.wasserstein as w2
 
     before = torch.get_num_threads()
     seen = []
-    original = w2._sorted_columns
+    original = w2._sorting_network
 
-    def spy(*args):
+    def spy(n):
         seen.append(torch.get_num_threads())
-        return original(*args)
+        return original(n)
 
     try:
         torch.set_num_threads(2)
-        monkeypatch.setattr(w2, "_sorted_columns", spy)
+        monkeypatch.setattr(w2, "_sorting_network", spy)
         x = torch.randn(10, 4, 1, requires_grad=True)
         SortedW2()(x, torch.randn(10, 4, 1)).sum().backward()
         assert seen and set(seen) == {1}
         assert torch.get_num_threads() == 2
 
-        def boom(*args):
+        def boom(n):
             raise RuntimeError("boom")
 
-        monkeypatch.setattr(w2, "_sorted_columns", boom)
+        monkeypatch.setattr(w2, "_sorting_network", boom)
         with pytest.raises(RuntimeError, match="boom"):
             SortedW2()(x, torch.randn(10, 4, 1))
         assert torch.get_num_threads() == 2
