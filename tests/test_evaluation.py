@@ -246,6 +246,36 @@ def test_kid_is_seedable():
     assert r1 == r2 and r1 != r3
 
 
+def test_standardized_kid_ignores_the_scale_and_offset_of_each_feature():
+    rng = np.random.default_rng(11)
+    real = rng.standard_normal((400, 6))
+    fake = rng.standard_normal((300, 6)) * 1.3 + 0.4
+    scale = np.array([1.0, 50.0, 0.01, 3.0, 1e3, 7.0])
+    offset = np.array([0.0, -20.0, 5.0, 1.0, 300.0, -2.0])
+    kw = {"n_subsets": 10, "subset_size": 100, "seed": 2, "standardize": True}
+    plain = kernel_inception_distance(real, fake, **kw)
+    rescaled = kernel_inception_distance(real * scale + offset, fake * scale + offset, **kw)
+    assert rescaled == pytest.approx(plain, rel=1e-9)
+    # without standardisation the large-scale dimensions dominate, and the estimate changes
+    raw = kernel_inception_distance(real * scale + offset, fake * scale + offset,
+                                    n_subsets=10, subset_size=100, seed=2)
+    assert raw[0] != pytest.approx(plain[0], rel=0.5)
+
+
+def test_standardized_kid_is_the_plain_kid_of_standardized_features():
+    rng = np.random.default_rng(12)
+    real = rng.standard_normal((200, 3)) * [1.0, 4.0, 0.5] + [0.0, 2.0, -1.0]
+    real[:, 2] = 3.0  # a constant dimension is only centred
+    fake = rng.standard_normal((150, 3))
+    mean, std = real.mean(0), real.std(0)
+    std[2] = 1.0
+    expected = kernel_inception_distance((real - mean) / std, (fake - mean) / std,
+                                         n_subsets=4, subset_size=50, seed=1)
+    got = kernel_inception_distance(real, fake, n_subsets=4, subset_size=50, seed=1,
+                                    standardize=True)
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [

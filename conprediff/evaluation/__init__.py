@@ -54,6 +54,7 @@ def evaluate_samples(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int | None = 0,
+    kid_standardize: bool = False,
 ) -> dict[str, float]:
     """FID, precision, recall and KID of generated images against real ones.
 
@@ -73,6 +74,10 @@ def evaluate_samples(
         Subsets for KID (see :func:`kernel_inception_distance`).
     seed : int or None, default 0
         Seeds the KID subsets.
+    kid_standardize : bool, default False
+        Standardise the features with the real set's statistics before KID (see
+        :func:`kernel_inception_distance`); advisable for features of a small classifier such
+        as the LeNet of :func:`default_digits_extractor`.
 
     Returns
     -------
@@ -100,7 +105,8 @@ def evaluate_samples(
     fake = np.asarray(extract(fake_images), dtype=np.float64)
     precision, recall = precision_recall(real, fake, k=k)
     kid_mean, kid_std = kernel_inception_distance(
-        real, fake, n_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+        real, fake, n_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed,
+        standardize=kid_standardize,
     )
     return {
         "fid": frechet_distance_from_features(real, fake),
