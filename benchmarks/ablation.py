@@ -307,7 +307,8 @@ def run_one(p: Protocol, arm: str, arm_kwargs: dict[str, Any] | None, seed: int,
         samples = model.sample(p.n_samples, steps=p.sample_steps, seed=p.sample_seed)
         t2 = time.perf_counter()
         features = evaluate.features(samples)
-        # the samples' features, so that a metric can be recomputed without sampling again
+        # the samples' features (float32), so that another metric can be computed later
+        # without sampling again
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path.with_suffix(".features.npy"), features.astype(np.float32))
         metrics = evaluate(features)
@@ -316,12 +317,15 @@ def run_one(p: Protocol, arm: str, arm_kwargs: dict[str, Any] | None, seed: int,
             "arm": arm, "seed": seed, "step": step, "config": key, "protocol": asdict(p),
             **metrics,
             "train_seconds": train_seconds,
-            "segment_seconds_per_step": (train_seconds - base_seconds) / max(1, step - start_step),
+            "segment_seconds_per_step": ((train_seconds - base_seconds) / (step - start_step)
+                                         if step > start_step else None),
             "sample_seconds": t2 - t1,
             "eval_seconds": time.perf_counter() - t2,
             "point_loss_last100": float(np.mean(history["point"][-100:])),
             "w2_last100": float(np.mean(history["w2"][-100:])) if "w2" in history else None,
             "load_average": os.getloadavg()[0],
+            "threads": torch.get_num_threads(),
+            "device": str(model.device_),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         })
         bar.update(1)
@@ -457,6 +461,8 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
               "statistics (`kernel_inception_distance(..., standardize=True)`); on the raw "
               "features its spread swamps its mean. n/a: results written before it was "
               "recorded.", "",
+              "Every cell gives the number of seeds (or pairs) it is computed from in brackets.",
+              "",
               "| arm | FID | precision | recall | KID x 1e3 | d precision | d recall "
               "| d KID x 1e3 |",
               "|---|---|---|---|---|---|---|---|"]
@@ -471,8 +477,8 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
             if not vals:
                 cells.append("n/a")
                 continue
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{np.mean(vals):.{digits}f} +- {sd:.{digits}f}")
+            sd = fmt(statistics.stdev(vals), digits) if len(vals) > 1 else "n/a"
+            cells.append(f"{np.mean(vals):.{digits}f} +- {sd} ({len(vals)})")
         for m, scale, digits in (("precision", 1, 3), ("recall", 1, 3),
                                  ("kid_standardized", 1e3, 2)):
             if arm == BASELINE:
@@ -480,7 +486,8 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
                 continue
             _, diffs, _ = paired(res, arm, seeds, last, m)
             mean, lo, hi = t_interval([d * scale for d in diffs])
-            cells.append(f"{signed(mean, digits)} [{signed(lo, digits)}, {signed(hi, digits)}]")
+            cells.append(f"{signed(mean, digits)} [{signed(lo, digits)}, {signed(hi, digits)}]"
+                         f" ({len(diffs)})" if diffs else "n/a")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines.append("")
 
@@ -493,7 +500,7 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
         used, diffs, times, rel = [], [], [], []
         for k in seeds:
             a = res.get((arm, k, last))
-            if not a:
+            if not a or not math.isfinite(a["train_seconds"]):
                 continue
             pts = [(res[(BASELINE, k, s)]["train_seconds"], res[(BASELINE, k, s)]["fid"])
                    for s in base_steps if (BASELINE, k, s) in res]
@@ -506,17 +513,31 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
                 used.append(k)
                 diffs.append(a["fid"] - fid_b)
         if not times:
+            lines.append(f"| {arm} | timing missing | | | | |")
             continue
         mean, lo, hi = t_interval(diffs)
         per = ", ".join(f"{signed(d)} (s{k})" for k, d in zip(used, diffs, strict=True)) or \
-            "baseline not trained long enough"
+            "baseline not trained long enough, or its timing is missing"
         time_ratio = fmt(float(np.mean(rel)) if rel else math.nan, 3)
         lines.append(f"| {arm} | {np.mean(times):.0f} | {time_ratio}"
                      f" | {per} | {signed(mean)} [{signed(lo)}, {signed(hi)}] | "
                      f"{sum(d < 0 for d in diffs)}/{len(diffs)} |")
     lines += ["", "Wall time is measured on whatever the machine was doing: the arms run one "
               "after another, so load changes show up here (each result JSON records the load "
-              "average).", ""]
+              "average, and newer ones the torch threads and device).", ""]
+    conditions = []
+    for arm in arms:
+        rows = [r for (a, _, _), r in res.items() if a == arm and r.get("finished")]
+        if rows:
+            days = sorted(r["finished"] for r in rows)
+            threads = sorted({str(r.get("threads", "?")) for r in rows})
+            loads = [r["load_average"] for r in rows if "load_average" in r]
+            conditions.append(f"`{arm}`: results written {days[0]} to {days[-1]}, threads "
+                              f"{'/'.join(threads)}, load average {min(loads):.1f}-"
+                              f"{max(loads):.1f}" if loads else "")
+    if conditions:
+        lines += ["Timing conditions per arm (from the result files): " + "; ".join(conditions)
+                  + ".", ""]
 
     figure = plot(docs / f"ablation_{p.dataset}{'_quick' if quick else ''}_fid.png", res, arms,
                   seeds, steps, base_steps, curves, quick)
@@ -674,6 +695,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the table and figure from the results on disk")
     args = ap.parse_args(argv)
+    args.steps_given = args.steps is not None
     if args.quick:
         args.seeds = 2
         args.steps = args.steps or "10,20"
@@ -703,6 +725,12 @@ def main(argv: list[str] | None = None) -> None:
         n_samples=args.n_samples, sample_steps=args.sample_steps, sample_seed=args.sample_seed,
         classifier_epochs=args.classifier_epochs, kid_subset_size=min(1000, args.n_samples),
     )
+    out: Path = args.out
+    proto_path = out / "protocol.json"
+    if args.report_only and proto_path.is_file():
+        # the report describes what is on disk, whatever the flags say about the protocol
+        saved = json.loads(proto_path.read_text())
+        p = Protocol(**{**saved, "channel_mults": tuple(saved["channel_mults"])})
     catalogue = arm_catalogue(p.timesteps)
     if args.list_arms:
         for name, kw in catalogue.items():
@@ -710,8 +738,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     arms, aliases = select_arms(args, p.timesteps)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    if args.report_only and not args.steps_given:
+        # ... and its steps, unless --steps says otherwise
+        on_disk = load_results(out)
+        args.steps = ",".join(str(k) for k in sorted(
+            {step for (a, _, step) in on_disk if a != BASELINE})) or args.steps
     steps, base_steps, every = eval_grid([int(s) for s in args.steps.split(",")],
                                          args.wallclock_factor)
+    if args.report_only and not args.steps_given:
+        base_steps = sorted({step for (a, _, step) in load_results(out) if a == BASELINE}
+                            | set(steps))
     command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
     images, labels = load_data(args.dataset, size)
     print(f"{args.dataset}: {tuple(images.shape)}; arms {arms}"
@@ -723,9 +759,9 @@ def main(argv: list[str] | None = None) -> None:
                  args.estimate_steps)
         return
 
-    out: Path = args.out
-    proto_path = out / "protocol.json"
-    if proto_path.is_file():
+    if args.report_only:
+        pass  # write nothing into --out
+    elif proto_path.is_file():
         old = json.loads(proto_path.read_text())
         if old != json.loads(json.dumps(asdict(p))):
             diff = {k: (old.get(k), v) for k, v in json.loads(json.dumps(asdict(p))).items()

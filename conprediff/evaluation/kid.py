@@ -102,12 +102,12 @@ def kernel_inception_distance(
         Seeds the subset draws; the same seed gives the same result.
     standardize : bool, default False
         Standardise both sets with the real set's per-dimension statistics first,
-        :math:`x \\mapsto (x - \\mu_{real}) / \\sigma_{real}` (a dimension with
-        :math:`\\sigma_{real} = 0` is only centred). The cubic kernel assumes features of moderate
-        scale, as Inception's pooled features are; on features of a larger scale (e.g. the ReLU
-        activations of a small classifier) a few large kernel values dominate the estimate and its
-        spread over subsets and seeds swamps its mean. Off by default so that KID in Inception
-        features stays the standard number.
+        :math:`x \\mapsto (x - \\mu_{real}) / \\sigma_{real}`; a dimension with
+        :math:`\\sigma_{real} \\le 10^{-8} \\max \\sigma_{real}` is only centred. The cubic
+        kernel assumes features of moderate scale, as Inception's pooled features are; on
+        features of a larger scale (e.g. the ReLU activations of a small classifier) a few large
+        kernel values dominate the estimate and its spread over subsets and seeds swamps its
+        mean. Off by default so that KID in Inception features stays the standard number.
 
     Returns
     -------
@@ -140,7 +140,9 @@ def kernel_inception_distance(
     if standardize:
         mean = real.mean(axis=0)
         std = real.std(axis=0)
-        std = np.where(std > 0, std, 1.0)
+        # a (nearly) constant feature is only centred: dividing by a tiny s.d. would let one
+        # dead dimension dominate the kernel
+        std = np.where(std > 1e-8 * max(float(std.max()), 1e-300), std, 1.0)
         real, fake = (real - mean) / std, (fake - mean) / std
     m = min(int(subset_size), real.shape[0], fake.shape[0])
     rng = np.random.default_rng(seed)
