@@ -70,8 +70,9 @@ DEFAULT = "conprediff"
 # ------------------------------------------------------------------------------------------ arms
 def arm_catalogue(timesteps: int) -> dict[str, dict[str, Any] | None]:
     """Every arm by name: ``None`` is the baseline, a dict the ``ContextPrediction`` arguments
-    that differ from the library's defaults (strides (1, 2), lambda 1, sampled decoder with the
+    that differ from the library's defaults (strides (1, 2), lambda 0.1, sampled decoder with the
     exact sorted W2 ('auto'), x0 targets, point_fraction 0.5)."""
+    base = float(ContextPrediction().weight)
     return {
         BASELINE: None,
         DEFAULT: {},
@@ -80,9 +81,10 @@ def arm_catalogue(timesteps: int) -> dict[str, dict[str, Any] | None]:
         "strides=1,2,3": {"strides": (1, 2, 3)},
         "lambda=0.1": {"weight": 0.1},
         "lambda=1": {"weight": 1.0},
-        "lambda=decaying": {"weight": DecayingWeight(1.0, power=1.0)},
-        "lambda=snr": {"weight": SNRWeight(1.0)},
-        "lambda=truncated": {"weight": TruncatedWeight(1.0, t_max=timesteps // 2 - 1)},
+        # the schedules peak at the default constant, so that only their shape differs
+        "lambda=decaying": {"weight": DecayingWeight(base, power=1.0)},
+        "lambda=snr": {"weight": SNRWeight(base)},
+        "lambda=truncated": {"weight": TruncatedWeight(base, t_max=timesteps // 2 - 1)},
         "metric=auto": {"metric": "auto"},
         "metric=gaussian": {"decoder": "gaussian"},
         "target=x0": {"target": "x0"},
@@ -384,6 +386,14 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
                  seeds: list[int], steps: list[int], base_steps: list[int], p: Protocol,
                  command: str, accuracy: float | None, quick: bool) -> Path:
     res = load_results(out)
+    catalogue = arm_catalogue(p.timesteps)
+    for (arm, seed, step), r in res.items():
+        if arm in arms and r.get("config") != config_key(catalogue[arm]):
+            raise SystemExit(
+                f"the result of arm {arm!r}, seed {seed}, step {step} was produced by "
+                f"{r.get('config')}, not by the arm's configuration {config_key(catalogue[arm])} "
+                "(did a library default change?); rename its folder to the arm it is, or use "
+                "another --out")
     others = [a for a in arms if a != BASELINE]
     lines = []
     title = f"Ablation results: {p.dataset}"
@@ -430,10 +440,14 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
     base_curve = [c for c in curves.get(BASELINE, []) if c[0] in steps]
     if base_curve:
         best = min(base_curve, key=lambda c: c[1])
-        still = best[0] == base_curve[-1][0]
-        lines += [f"Baseline's best mean FID {best[1]:.1f} at step {best[0]}"
-                  + (" -- the last step: it is still improving, so extend `--steps`."
-                     if still else " (it stopped improving before the last step)."), ""]
+        if best[0] != base_curve[-1][0]:
+            verdict = " (it stopped improving before the last step)."
+        elif len(base_curve) > 1 and base_curve[-2][1] - best[1] < 0.05 * best[1]:
+            verdict = (f" -- the last step, but within 5 % of step {base_curve[-2][0]}'s "
+                       f"{base_curve[-2][1]:.2f}: a plateau.")
+        else:
+            verdict = " -- the last step: it is still improving, so extend `--steps`."
+        lines += [f"Baseline's best mean FID {best[1]:.2f} at step {best[0]}" + verdict, ""]
 
     # paired differences at equal steps
     lines += ["## Paired differences at equal training steps (FID)", "",

@@ -21,7 +21,8 @@ def _context(args: argparse.Namespace):
 
     if args.no_context:
         return None
-    return ContextPrediction(strides=tuple(args.strides))
+    kwargs = {} if args.context_weight is None else {"weight": args.context_weight}
+    return ContextPrediction(strides=tuple(args.strides), **kwargs)
 
 
 def _add_training_args(p: argparse.ArgumentParser, steps: int) -> None:
@@ -35,6 +36,12 @@ def _add_training_args(p: argparse.ArgumentParser, steps: int) -> None:
         nargs="+",
         default=[1, 2],
         help="context neighbourhood strides (%(default)s)",
+    )
+    p.add_argument(
+        "--context-weight",
+        type=float,
+        default=None,
+        help="constant lambda_t of the context term (the library default, 0.1, when omitted)",
     )
     p.add_argument(
         "--no-context",

@@ -95,3 +95,17 @@ def test_inpaint_command_keeps_known_pixels(demo_dir, tmp_path):
     filled = np.asarray(Image.open(out))
     assert filled.shape == (16, 16)
     np.testing.assert_array_equal(filled[:, :8], digit[:, :8])  # known half kept
+
+
+def test_context_flags_build_the_context_term():
+    from conprediff.cli import _context, build_parser
+    from conprediff.context import ContextPrediction
+
+    def parse(*flags):
+        return build_parser().parse_args(["demo", *flags])
+
+    assert _context(parse("--no-context")) is None
+    default = _context(parse())
+    assert default.weight == ContextPrediction().weight and default.strides == (1, 2)
+    custom = _context(parse("--context-weight", "0.5", "--strides", "1", "2", "3"))
+    assert custom.weight == 0.5 and custom.strides == (1, 2, 3)
