@@ -169,6 +169,12 @@ class Protocol:
     kid_subset_size: int
 
 
+def load_protocol(out: Path) -> Protocol:
+    """The protocol an output folder's results were produced with (its ``protocol.json``)."""
+    saved = json.loads((out / "protocol.json").read_text())
+    return Protocol(**{**saved, "channel_mults": tuple(saved["channel_mults"])})
+
+
 def load_data(dataset: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     from conprediff.data import load_digits_images, load_mnist_images
 
@@ -546,9 +552,9 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
             days = sorted(r["finished"] for r in rows)
             threads = sorted({str(r.get("threads", "?")) for r in rows})
             loads = [r["load_average"] for r in rows if "load_average" in r]
+            load = f", load average {min(loads):.1f}-{max(loads):.1f}" if loads else ""
             conditions.append(f"`{arm}`: results written {days[0]} to {days[-1]}, threads "
-                              f"{'/'.join(threads)}, load average {min(loads):.1f}-"
-                              f"{max(loads):.1f}" if loads else "")
+                              f"{'/'.join(threads)}{load}")
     if conditions:
         lines += ["Timing conditions per arm (from the result files): " + "; ".join(conditions)
                   + ".", ""]
@@ -743,8 +749,7 @@ def main(argv: list[str] | None = None) -> None:
     proto_path = out / "protocol.json"
     if args.report_only and proto_path.is_file():
         # the report describes what is on disk, whatever the flags say about the protocol
-        saved = json.loads(proto_path.read_text())
-        p = Protocol(**{**saved, "channel_mults": tuple(saved["channel_mults"])})
+        p = load_protocol(out)
     catalogue = arm_catalogue(p.timesteps)
     if args.list_arms:
         for name, kw in catalogue.items():

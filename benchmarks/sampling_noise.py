@@ -14,7 +14,6 @@ ablation's table separates the variance due to sampling from the variance betwee
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,10 +25,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation import (  # noqa: E402
     Evaluator,
-    Protocol,
     arm_catalogue,
     latest_step,
     load_data,
+    load_protocol,
     machine,
     make_extractor,
     make_model,
@@ -51,8 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     out = Path(args.out)
-    saved = json.loads((out / "protocol.json").read_text())
-    p = Protocol(**{**saved, "channel_mults": tuple(saved["channel_mults"])})
+    p = load_protocol(out)
     catalogue = arm_catalogue(p.timesteps)
     slugs = {slug(name): name for name in catalogue}
     images, labels = load_data(p.dataset, p.size)
