@@ -19,6 +19,9 @@ from conprediff.data import load_digits_images
 from conprediff.evaluation import (
     FeatureExtractor,
     LeNetClassifier,
+    class_balance_weights,
+    class_balanced_frechet_distance,
+    class_total_variation,
     default_digits_extractor,
     evaluate_samples,
     feature_statistics,
@@ -128,6 +131,74 @@ def test_feature_statistics_matches_numpy():
     mu, sigma = feature_statistics(torch.from_numpy(f))
     np.testing.assert_allclose(mu, f.mean(0))
     np.testing.assert_allclose(sigma, np.cov(f, rowvar=False))
+
+
+def test_weighted_feature_statistics_equal_repeating_samples():
+    # Integer weights are repetitions: the weighted mean is the mean of the repeated set, and the
+    # reliability-weighted covariance is that set's covariance rescaled from 1/(N-1) to the
+    # weights' normalisation 1/(1 - sum w^2).
+    rng = np.random.default_rng(5)
+    f = rng.standard_normal((7, 3))
+    counts = np.array([1, 3, 2, 1, 4, 1, 2])
+    rep = np.repeat(f, counts, axis=0)
+    mu, sigma = feature_statistics(f, weights=counts)
+    np.testing.assert_allclose(mu, rep.mean(0), rtol=1e-12)
+    w = counts / counts.sum()
+    scatter = (rep - rep.mean(0)).T @ (rep - rep.mean(0)) / len(rep)
+    np.testing.assert_allclose(sigma, scatter / (1 - w @ w), rtol=1e-12)
+    # uniform weights give the unweighted (1/(N-1)) estimate exactly
+    mu1, sigma1 = feature_statistics(f, weights=np.full(7, 0.3))
+    np.testing.assert_allclose(sigma1, np.cov(f, rowvar=False), rtol=1e-12)
+    np.testing.assert_allclose(mu1, f.mean(0), rtol=1e-12)
+
+
+def test_class_balance_weights_give_the_target_proportions():
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    target = np.array([0, 1, 1, 2, 3, 3, 3])  # class 3 absent from labels: dropped
+    w = class_balance_weights(labels, target)
+    assert w.sum() == pytest.approx(1.0)
+    per_class = np.bincount(labels, weights=w, minlength=4)
+    np.testing.assert_allclose(per_class, [0.25, 0.5, 0.25, 0.0])
+    assert np.allclose(w[:3], w[0])  # equal within a class
+    np.testing.assert_allclose(class_balance_weights([0, 1, 2], [0, 1]), [0.5, 0.5, 0.0])
+    with pytest.raises(ValueError, match="nothing to balance"):
+        class_balance_weights([0, 0], [1, 1])
+    with pytest.raises(ValueError, match="integer class"):
+        class_balance_weights([0.5, 1.0], [0, 1])
+
+
+def test_class_total_variation():
+    assert class_total_variation([0, 1, 2, 3], [3, 2, 1, 0]) == 0.0
+    assert class_total_variation([0, 0], [1, 1]) == 1.0
+    # 10 % of the mass moved from class 0 to class 1
+    assert class_total_variation([0] * 5 + [1] * 5, [0] * 4 + [1] * 6) == pytest.approx(0.1)
+
+
+def test_class_balanced_fid_removes_class_proportions_only():
+    # Two classes far apart: a set with the real proportions and the same set with one class
+    # duplicated have very different FIDs but the same class-balanced FID.
+    rng = np.random.default_rng(6)
+    real = np.vstack([rng.normal(0, 1, (400, 3)), rng.normal(8, 1, (400, 3))])
+    real_y = np.repeat([0, 1], 400)
+    fake = np.vstack([rng.normal(0, 1, (300, 3)), rng.normal(8, 1, (300, 3))])
+    fake_y = np.repeat([0, 1], 300)
+    skewed = np.vstack([fake, fake[:300], fake[:300]])  # class 0 three times over: 75 %
+    skewed_y = np.concatenate([fake_y, fake_y[:300], fake_y[:300]])
+    balanced = class_balanced_frechet_distance(real, real_y, fake, fake_y)
+    # already balanced: identical to the plain FID
+    assert balanced == pytest.approx(frechet_distance_from_features(real, fake), rel=1e-9)
+    assert frechet_distance_from_features(real, skewed) > 20 * frechet_distance_from_features(
+        real, fake
+    )
+    # repetitions change only the covariance normalisation (N - 1 against 1 - sum w^2)
+    assert class_balanced_frechet_distance(real, real_y, skewed, skewed_y) == pytest.approx(
+        balanced, rel=0.05, abs=0.01
+    )
+    # but a real difference within a class still counts
+    shifted = fake + np.where(fake_y[:, None] == 1, 1.0, 0.0)
+    assert class_balanced_frechet_distance(real, real_y, shifted, fake_y) > balanced + 1.0
+    with pytest.raises(ValueError, match="fake_labels"):
+        class_balanced_frechet_distance(real, real_y, fake, fake_y[:10])
 
 
 @pytest.mark.parametrize(
@@ -412,6 +483,12 @@ def test_extractor_with_user_module_and_weights_file(tmp_path):
     # A plain callable returning (N, D, 1, 1) is flattened.
     pooled = FeatureExtractor(lambda x: x.mean(dim=(2, 3), keepdim=True).repeat(1, 4, 1, 1))
     assert pooled.extract(images).shape == (10, 4)
+    # classify: the argmax of a classifier's logits; a plain feature callable has none.
+    np.testing.assert_array_equal(
+        FeatureExtractor(net).classify(images, batch_size=4), net.eval()(images).argmax(1).numpy()
+    )
+    with pytest.raises(ValueError, match="needs a classifier"):
+        pooled.classify(images)
     # The module's training mode is restored.
     net.train()
     FeatureExtractor(net).extract(images)
@@ -453,5 +530,16 @@ def test_evaluate_samples(trained_digits, digits8):
     )
     # Real digits against real digits score far better than noise against real digits.
     assert held_out["fid"] < 0.1 * noise["fid"]
+    balanced = evaluate_samples(
+        real, fake, extractor, kid_subsets=5, kid_subset_size=200, class_balanced=True
+    )
+    cls_real, cls_fake = extractor.classify(real), extractor.classify(fake)
+    assert cls_real.shape == (600,) and cls_real.dtype == np.int64
+    assert balanced["class_tv"] == pytest.approx(class_total_variation(cls_real, cls_fake))
+    assert 0.0 <= balanced["class_tv"] < 0.1  # two halves of the digits: near-equal proportions
+    assert balanced["fid_class_balanced"] < 0.1 * noise["fid"]
+    assert balanced["fid"] == held_out["fid"]
+    with pytest.raises(TypeError, match="FeatureExtractor"):
+        evaluate_samples(real, fake, extractor.model_, class_balanced=True)
     assert held_out["kid_mean"] < 0.1 * noise["kid_mean"]
     assert held_out["precision"] > 0.5 and noise["precision"] < 0.1

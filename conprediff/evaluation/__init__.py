@@ -1,6 +1,8 @@
 """Sample-quality metrics and the feature networks they are computed in.
 
 * :func:`frechet_distance` / :func:`frechet_distance_from_features` -- FID, stable square root;
+* :func:`class_balanced_frechet_distance` / :func:`class_total_variation` -- FID without the
+  noise of one draw's class proportions, and those proportions themselves;
 * :func:`precision_recall` -- improved precision and recall (k-NN manifolds);
 * :func:`kernel_inception_distance` -- KID, unbiased MMD² with a cubic kernel;
 * :class:`FeatureExtractor` -- the feature network as a component (user module, local weights,
@@ -23,13 +25,23 @@ from .features import (
     default_digits_extractor,
     train_classifier,
 )
-from .frechet import feature_statistics, frechet_distance, frechet_distance_from_features
+from .frechet import (
+    class_balance_weights,
+    class_balanced_frechet_distance,
+    class_total_variation,
+    feature_statistics,
+    frechet_distance,
+    frechet_distance_from_features,
+)
 from .kid import kernel_inception_distance, polynomial_mmd2
 from .precision_recall import knn_radii, manifold_coverage, precision_recall
 
 __all__ = [
     "FeatureExtractor",
     "LeNetClassifier",
+    "class_balance_weights",
+    "class_balanced_frechet_distance",
+    "class_total_variation",
     "default_cache_dir",
     "default_digits_extractor",
     "evaluate_samples",
@@ -55,6 +67,7 @@ def evaluate_samples(
     kid_subset_size: int = 1000,
     seed: int | None = 0,
     kid_standardize: bool = False,
+    class_balanced: bool = False,
 ) -> dict[str, float]:
     """FID, precision, recall and KID of generated images against real ones.
 
@@ -78,18 +91,28 @@ def evaluate_samples(
         Standardise the features with the real set's statistics before KID (see
         :func:`kernel_inception_distance`); advisable for features of a small classifier such
         as the LeNet of :func:`default_digits_extractor`.
+    class_balanced : bool, default False
+        Also report ``"fid_class_balanced"`` (:func:`class_balanced_frechet_distance`, both sets'
+        classes predicted by the extractor's classifier) and ``"class_tv"``
+        (:func:`class_total_variation` of those predictions). Needs a :class:`FeatureExtractor`
+        whose network is a classifier (:meth:`FeatureExtractor.classify`).
 
     Returns
     -------
     dict
-        ``{"fid", "precision", "recall", "kid_mean", "kid_std", "n_real", "n_fake"}``; the
-        metrics are floats computed on the same features.
+        ``{"fid", "precision", "recall", "kid_mean", "kid_std", "n_real", "n_fake"}``, plus
+        ``"fid_class_balanced"`` and ``"class_tv"`` with ``class_balanced``; the metrics are
+        floats computed on the same features.
 
     Notes
     -----
     FID is biased by the sample size; compare values only at equal ``N``. For the digits, a few
-    thousand samples are needed for differences of ~10% to stand out of the sampling noise.
+    thousand samples are needed for differences of ~10% to stand out of the sampling noise, and
+    FID in the LeNet's features moves with the class proportions of each draw (see
+    :func:`class_balanced_frechet_distance`).
     """
+    if class_balanced and not isinstance(extractor, FeatureExtractor):
+        raise TypeError("class_balanced=True needs a FeatureExtractor (to classify the images)")
     if isinstance(extractor, FeatureExtractor):
         extract = extractor.extract
     elif isinstance(extractor, nn.Module):
@@ -108,7 +131,7 @@ def evaluate_samples(
         real, fake, n_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed,
         standardize=kid_standardize,
     )
-    return {
+    result = {
         "fid": frechet_distance_from_features(real, fake),
         "precision": precision,
         "recall": recall,
@@ -117,3 +140,11 @@ def evaluate_samples(
         "n_real": int(real.shape[0]),
         "n_fake": int(fake.shape[0]),
     }
+    if class_balanced:
+        real_cls = extractor.classify(real_images)
+        fake_cls = extractor.classify(fake_images)
+        result["fid_class_balanced"] = class_balanced_frechet_distance(
+            real, real_cls, fake, fake_cls
+        )
+        result["class_tv"] = class_total_variation(real_cls, fake_cls)
+    return result

@@ -680,6 +680,65 @@ class FeatureExtractor(BaseEstimator):
                 model.train(was_training)
         return torch.cat(chunks).numpy()
 
+    def classify(self, images: Any, batch_size: int | None = None) -> np.ndarray:
+        """Predicted classes of images, from a feature network that is a classifier.
+
+        The network must have a ``features`` method (used by :meth:`extract`) and return class
+        logits from its forward pass, as :class:`LeNetClassifier` does.
+
+        Parameters
+        ----------
+        images : array_like or torch.Tensor of shape (N, C, H, W) or (N, H, W)
+            Images in [-1, 1].
+        batch_size : int, optional
+            Images per forward pass; default the constructor's ``batch_size``.
+
+        Returns
+        -------
+        numpy.ndarray of shape (N,)
+            int64 argmax of the logits.
+
+        Raises
+        ------
+        ValueError
+            If the network has no ``features`` method (then its output is taken to be features,
+            not logits).
+        """
+        model = getattr(self, "model_", None)
+        if model is None:
+            if self.model is None and self.weights is None:
+                raise NotFittedError(
+                    "this FeatureExtractor trains its default network on data: call "
+                    "fit(images, labels) before classify()"
+                )
+            self.fit()
+            model = self.model_
+        if not (hasattr(model, "features") and callable(model.features)):
+            raise ValueError(
+                "classify needs a classifier: a network with a features() method whose forward "
+                "returns class logits (e.g. LeNetClassifier)"
+            )
+        batch_size = self.batch_size if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        x = _as_images("images", images)
+        params = list(model.parameters()) if isinstance(model, nn.Module) else []
+        device = params[0].device if params else torch.device("cpu")
+        dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
+        was_training = model.training if isinstance(model, nn.Module) else False
+        if isinstance(model, nn.Module):
+            model.eval()
+        out = []
+        try:
+            with torch.no_grad():
+                for start in range(0, x.shape[0], batch_size):
+                    logits = model(x[start : start + batch_size].to(device, dtype))
+                    out.append(logits.argmax(1).to("cpu", torch.int64))
+        finally:
+            if isinstance(model, nn.Module):
+                model.train(was_training)
+        return torch.cat(out).numpy()
+
     def __call__(self, images: Any) -> np.ndarray:
         """Alias of :meth:`extract`."""
         return self.extract(images)
