@@ -54,6 +54,8 @@ from conprediff.context import (
 from conprediff.evaluation import (
     FeatureExtractor,
     LeNetClassifier,
+    class_balanced_frechet_distance,
+    class_total_variation,
     frechet_distance_from_features,
     kernel_inception_distance,
     precision_recall,
@@ -221,15 +223,42 @@ def eval_grid(steps: list[int], factor: float) -> tuple[list[int], list[int], in
 
 # ---------------------------------------------------------------------------------- evaluation
 class Evaluator:
-    """Features of the real images once; FID, precision/recall (k=3) and KID of samples."""
+    """Features of the real images once; FID, precision/recall (k=3) and KID of samples.
+
+    With the default LeNet feature network (a classifier) it also gives the class-balanced FID
+    and the total variation between the class proportions of the samples and the real images
+    (both sets' classes predicted by the LeNet, from the features through its output layer).
+    """
 
     def __init__(self, extractor: FeatureExtractor, real: torch.Tensor, kid_subset_size: int):
         self.extractor = extractor
         self.real = np.asarray(extractor.extract(real), dtype=np.float64)
         self.kid_subset_size = kid_subset_size
+        net = getattr(extractor, "model_", None)
+        self.head = net.head if isinstance(net, LeNetClassifier) else None
+        self.real_classes = self.classes(self.real)
 
     def features(self, samples: torch.Tensor) -> np.ndarray:
         return np.asarray(self.extractor.extract(samples.clamp(-1, 1)), dtype=np.float64)
+
+    def classes(self, features: np.ndarray) -> np.ndarray | None:
+        """The LeNet's predicted classes from its features (None for other networks)."""
+        if self.head is None:
+            return None
+        w = self.head.weight.detach().double().cpu().numpy()
+        b = self.head.bias.detach().double().cpu().numpy()
+        return np.argmax(np.asarray(features, dtype=np.float64) @ w.T + b, axis=1)
+
+    def class_metrics(self, fake: np.ndarray) -> dict[str, float]:
+        """``fid_class_balanced`` and ``class_tv`` of sample features (empty without classes)."""
+        fake_classes = self.classes(fake)
+        if fake_classes is None:
+            return {}
+        return {
+            "fid_class_balanced": class_balanced_frechet_distance(
+                self.real, self.real_classes, fake, fake_classes),
+            "class_tv": class_total_variation(self.real_classes, fake_classes),
+        }
 
     def __call__(self, fake: np.ndarray) -> dict[str, float]:
         """Metrics of the samples' features ``fake`` (N, D) against the real images'."""
@@ -245,7 +274,67 @@ class Evaluator:
             "precision": float(precision),
             "recall": float(recall),
             **{k: float(v) for k, v in kid.items()},
+            **self.class_metrics(fake),
         }
+
+    def floor(self, n_samples: int, repeats: int = 40, groups: int = 5, seed: int = 0
+              ) -> dict[str, Any]:
+        """FID a perfect model would score: real against real, extrapolated to the protocol.
+
+        A model that samples the data distribution itself still scores FID > 0 with finitely
+        many samples. Disjoint random halves of the real set, at five sizes ``n`` up to half of
+        it, give FIDs that are linear in ``1/n1 + 1/n2`` (bias of the moment estimates); the fit
+        evaluated at ``1/n_samples + 1/n_real`` estimates a perfect model's mean FID against the
+        full real set. The fit is made ``groups`` times on independent sets of ``repeats``
+        random splits per size; the result holds the mean of those estimates and their standard
+        error, for ``fid`` and ``fid_class_balanced``.
+        """
+        rng = np.random.default_rng(seed)
+        n_real = len(self.real)
+        sizes = np.linspace(n_real // 6, n_real // 2, 5).astype(int)
+        at = 1.0 / n_samples + 1.0 / n_real
+        estimates: dict[str, list[float]] = {"fid": [], "fid_class_balanced": []}
+        for _ in range(groups):
+            xs, plain, balanced = [], [], []
+            for n in sizes:
+                for _ in range(repeats):
+                    perm = rng.permutation(n_real)
+                    a, b = perm[:n], perm[n:2 * n]
+                    xs.append(2.0 / n)
+                    plain.append(frechet_distance_from_features(self.real[a], self.real[b]))
+                    if self.real_classes is not None:
+                        balanced.append(class_balanced_frechet_distance(
+                            self.real[a], self.real_classes[a], self.real[b],
+                            self.real_classes[b]))
+            for key, ys in (("fid", plain), ("fid_class_balanced", balanced)):
+                if ys:
+                    slope, intercept = np.polyfit(xs, ys, 1)
+                    estimates[key].append(float(slope * at + intercept))
+        result: dict[str, Any] = {"n_samples": n_samples, "n_real": n_real,
+                                  "halves": [int(n) for n in sizes], "repeats": repeats,
+                                  "groups": groups}
+        for key, values in estimates.items():
+            if values:
+                result[key] = float(np.mean(values))
+                result[key + "_se"] = (float(statistics.stdev(values) / math.sqrt(len(values)))
+                                       if len(values) > 1 else math.nan)
+                result[key + "_groups"] = values
+        return result
+
+
+def backfill(out: Path, evaluate: Evaluator) -> int:
+    """Add the class metrics to result files that lack them, from their saved features."""
+    n = 0
+    for path in sorted((out / "results").glob("*/seed*/step*.json")):
+        r = json.loads(path.read_text())
+        feats = path.with_suffix(".features.npy")
+        if "fid_class_balanced" in r or not feats.is_file():
+            continue
+        extra = evaluate.class_metrics(np.load(feats).astype(np.float64))
+        if extra:
+            atomic_json(path, {**r, **extra})
+            n += 1
+    return n
 
 
 def make_extractor(p: Protocol, images: torch.Tensor, labels: torch.Tensor,
@@ -402,7 +491,7 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
                 "another --out")
     others = [a for a in arms if a != BASELINE]
     lines = []
-    title = f"Ablation results: {p.dataset}"
+    title = f"Ablation results: {p.dataset}" + ("" if out.name == p.dataset else f" ({out.name})")
     lines += ["---", "orphan: true", "---", "", f"# {title}", ""]
     if quick:
         lines += ["**SMOKE RUN (`--quick`): tiny models, 20 steps, 64 samples. These numbers are",
@@ -472,6 +561,8 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
             lines.append(f"| {arm} | {s} | {per} | {signed(mean)} [{signed(lo)}, {signed(hi)}] "
                          f"| {ratio:.3f} | {favour}/{len(diffs)} | {goal} |")
     lines.append("")
+
+    lines += class_section(out, res, arms, others, seeds, steps, base_steps, p)
 
     # other metrics at the last step
     last = steps[-1]
@@ -559,14 +650,85 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
         lines += ["Timing conditions per arm (from the result files): " + "; ".join(conditions)
                   + ".", ""]
 
-    figure = plot(docs / f"ablation_{p.dataset}{'_quick' if quick else ''}_fid.png", res, arms,
+    stem = report_stem(out, p, quick)
+    figure = plot(docs / f"{stem}_fid.png", res, arms,
                   seeds, steps, base_steps, curves, quick)
     if figure is not None:
         lines += [f"![FID against steps]({figure.name})", ""]
-    path = docs / f"ablation_{p.dataset}{'_quick' if quick else ''}_results.md"
+    path = docs / f"{stem}_results.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
+
+
+def report_stem(out: Path, p: Protocol, quick: bool) -> str:
+    """File-name stem of the report: ``ablation_<dataset>``, or ``ablation_<out folder name>``
+    when ``--out`` is a folder named otherwise (another protocol on the same data set)."""
+    name = p.dataset if out.name == p.dataset else out.name
+    return f"ablation_{name}{'_quick' if quick else ''}"
+
+
+def class_section(out: Path, res: dict, arms: list[str], others: list[str], seeds: list[int],
+                  steps: list[int], base_steps: list[int], p: Protocol) -> list[str]:
+    """Report lines: class-balanced FID, class proportions and a perfect model's FID."""
+    have = [s for s in base_steps
+            if any("fid_class_balanced" in res.get((BASELINE, k, s), {}) for k in seeds)]
+    floor_path = out / "floor.json"
+    floor = json.loads(floor_path.read_text()) if floor_path.is_file() else None
+    if not have and floor is None:
+        return []
+    lines = ["## Class proportions, within-class quality and the noise floor", "",
+             "FID in the LeNet's features moves with the class proportions of each draw of "
+             "samples. `cbFID` is the FID with the samples reweighted to the real set's class "
+             "proportions (`class_balanced_frechet_distance`; both sets' classes predicted by "
+             "the LeNet): within-class quality. `TV` is the total variation between the "
+             "predicted class proportions of samples and real images (`class_total_variation`)."
+             " Computed from each evaluation's saved features, so only at the steps where "
+             "they were saved.", ""]
+    if floor is not None:
+        lines += [
+            f"**A perfect model's FID is not 0.** A model that samples the data distribution "
+            f"itself would score about **FID {floor['fid']:.1f} +- {floor.get('fid_se', math.nan):.1f} and "
+            f"cbFID {floor.get('fid_class_balanced', math.nan):.2f} +- "
+            f"{floor.get('fid_class_balanced_se', math.nan):.2f}** (estimate +- standard error) "
+            f"with {floor['n_samples']} samples against the {floor['n_real']} real images: FIDs "
+            f"between disjoint random halves of the real set (sizes {floor['halves']}) are "
+            "linear in 1/n1 + 1/n2 and are extrapolated to the protocol's sizes, "
+            f"{floor.get('groups', 1)} times on {floor['repeats']} splits per size "
+            "(`Evaluator.floor`). (The models are trained on the very images they are "
+            "compared with, which can put them slightly below this.)", ""]
+    if have:
+        lines += ["| step | arm | cbFID mean +- s.d. (n) | TV mean | d cbFID per seed | "
+                  "d cbFID mean [95 % CI] | ratio | in favour | d TV mean [95 % CI] |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for s in have:
+            for arm in arms:
+                rows = [res[(arm, k, s)] for k in seeds
+                        if "fid_class_balanced" in res.get((arm, k, s), {})]
+                if not rows:
+                    continue
+                vals = [r["fid_class_balanced"] for r in rows]
+                sd = statistics.stdev(vals) if len(vals) > 1 else math.nan
+                cells = [f"{np.mean(vals):.2f} +- {fmt(sd, 2)} ({len(vals)})",
+                         f"{np.mean([r['class_tv'] for r in rows]):.3f}"]
+                if arm == BASELINE:
+                    cells += ["", "", "", "", ""]
+                else:
+                    used, diffs, ratios = paired(res, arm, seeds, s, "fid_class_balanced")
+                    if not diffs:
+                        continue
+                    mean, lo, hi = t_interval(diffs)
+                    _, dtv, _ = paired(res, arm, seeds, s, "class_tv")
+                    mtv, ltv, htv = t_interval(dtv)
+                    per = ", ".join(f"{signed(d, 2)} (s{k})"
+                                    for k, d in zip(used, diffs, strict=True))
+                    cells += [per, f"{signed(mean, 2)} [{signed(lo, 2)}, {signed(hi, 2)}]",
+                              fmt(float(np.mean(ratios)) if ratios else math.nan, 3),
+                              f"{sum(d < 0 for d in diffs)}/{len(diffs)}",
+                              f"{signed(mtv, 3)} [{signed(ltv, 3)}, {signed(htv, 3)}]"]
+                lines.append(f"| {s} | {arm} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def plot(path: Path, res: dict, arms: list[str], seeds: list[int], steps: list[int],
@@ -796,6 +958,12 @@ def main(argv: list[str] | None = None) -> None:
         atomic_json(out / "classifier.json", {"test_accuracy": accuracy,
                                               "cache": str(extractor.cache_path_)})
         evaluate = Evaluator(extractor, images, p.kid_subset_size)
+        filled = backfill(out, evaluate)
+        if filled:
+            print(f"added the class-balanced FID to {filled} earlier results from their features")
+        floor_path = out / "floor.json"
+        if not floor_path.is_file():
+            atomic_json(floor_path, evaluate.floor(p.n_samples))
         jobs = [(arm, seed) for seed in seeds for arm in arms]
         total = sum(len(base_steps if a == BASELINE else steps) for a, _ in jobs)
         with tqdm(total=total, desc="ablation (arm, seed, step)", dynamic_ncols=True) as bar:

@@ -1,19 +1,27 @@
 """How much of the ablation's FID spread is sampling noise? Resample trained checkpoints.
 
 The ablation (``benchmarks/ablation.py``) samples every model with the same noise
-(``--sample-seed``), so its paired differences contain no sampling noise between the arms of a
-pair, but each FID still depends on the one noise draw. This script takes the newest checkpoint of
-each (arm, seed) run in an ablation output folder, samples it with ``--n-seeds`` different sampling
-seeds (same number of samples and DDIM steps as the ablation's protocol) and reports, per run, the
-mean and s.d. of FID over the sampling seeds. Comparing that s.d. with the seed-to-seed s.d. of the
-ablation's table separates the variance due to sampling from the variance between training runs.
+(``--sample-seed``), so its paired differences contain no sampling noise *between the arms'
+inputs*, but each FID still depends on the one noise draw, and two models map the same noise to
+different images. This script takes the newest checkpoint of each (arm, seed) run in an ablation
+output folder and samples it with several sampling seeds (same number of samples and DDIM steps as
+the ablation's protocol). It reports, per run, FID per draw, its mean and s.d., and the mean term
+``|mu_fake - mu_real|^2`` of each FID (the part a shift in class proportions moves). With the
+baseline and other arms present it also reports, per arm, the paired differences (arm - baseline,
+same training seed) per sampling seed and on the FIDs averaged over the draws, with 95 %
+t-intervals. Results are written to ``<out>/sampling_noise.json`` and each draw's features to
+``<out>/sampling_noise/<arm>/seed<s>/draw<sample seed>.npy`` (float32), so other metrics can be
+computed later; a rerun skips the (arm, seed, sampling seed) triples already there.
 
-    python benchmarks/sampling_noise.py --out outputs/ablation/digits --n-seeds 5
+    python benchmarks/sampling_noise.py --out outputs/ablation/digits \\
+        --arms baseline conprediff --sample-seeds 1234 10000 10001 10002 10003
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import statistics
 import sys
 import time
@@ -24,16 +32,69 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation import (  # noqa: E402
+    BASELINE,
     Evaluator,
     arm_catalogue,
+    atomic_json,
     latest_step,
     load_data,
     load_protocol,
     machine,
     make_extractor,
     make_model,
+    signed,
     slug,
+    t_interval,
 )
+
+
+def _key(arm: str, seed: int, sample_seed: int) -> str:
+    return f"{arm}|{seed}|{sample_seed}"
+
+
+def paired_report(records: dict[str, dict], sample_seeds: list[int], metric: str = "fid"
+                  ) -> list[str]:
+    """Markdown lines: per arm, paired differences of ``metric`` against the baseline."""
+    runs: dict[str, dict[int, dict[int, float]]] = {}
+    steps: dict[tuple[str, int], int] = {}
+    for r in records.values():
+        if r["sample_seed"] in sample_seeds and metric in r:
+            runs.setdefault(r["arm"], {}).setdefault(r["seed"], {})[r["sample_seed"]] = r[metric]
+            steps[r["arm"], r["seed"]] = r["step"]
+    if BASELINE not in runs:
+        return []
+    base = runs[BASELINE]
+    lines = ["", f"Paired differences of {metric}, arm - baseline (same training seed; negative "
+             "favours the arm):", "",
+             "| arm | over | pairs | mean diff [95 % CI] | in favour | ratio of means |",
+             "|---|---|---|---|---|---|"]
+    for arm, by_seed in runs.items():
+        if arm == BASELINE:
+            continue
+        seeds = sorted(s for s in by_seed if s in base)
+        for ss in sample_seeds:
+            ok = [s for s in seeds if ss in by_seed[s] and ss in base[s]]
+            d = [by_seed[s][ss] - base[s][ss] for s in ok]
+            if d:
+                m, lo, hi = t_interval(d)
+                ratio = np.mean([by_seed[s][ss] for s in ok]) / np.mean([base[s][ss] for s in ok])
+                lines.append(f"| {arm} | draw {ss} | {len(d)} | {signed(m, 2)} "
+                             f"[{signed(lo, 2)}, {signed(hi, 2)}] | "
+                             f"{sum(x < 0 for x in d)}/{len(d)} | {ratio:.3f} |")
+        full = [s for s in seeds if all(ss in by_seed[s] and ss in base[s] for ss in sample_seeds)]
+        if full:
+            a = [np.mean([by_seed[s][ss] for ss in sample_seeds]) for s in full]
+            b = [np.mean([base[s][ss] for ss in sample_seeds]) for s in full]
+            d = [x - y for x, y in zip(a, b, strict=True)]
+            m, lo, hi = t_interval(d)
+            lines.append(f"| {arm} | **mean of {len(sample_seeds)} draws** | {len(d)} | "
+                         f"**{signed(m, 2)} [{signed(lo, 2)}, {signed(hi, 2)}]** | "
+                         f"{sum(x < 0 for x in d)}/{len(d)} | {np.mean(a) / np.mean(b):.3f} |")
+        mism = {(steps[arm, s], steps[BASELINE, s]) for s in seeds}
+        if any(x != y for x, y in mism):
+            lines.append(f"| {arm} | (steps arm/baseline: "
+                         f"{', '.join(f'{x}/{y}' for x, y in sorted(mism))}) | | | | |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="arms to resample (default: every arm with checkpoints)")
     ap.add_argument("--seeds", nargs="+", type=int, default=None,
                     help="training seeds to resample (default: all with checkpoints)")
+    ap.add_argument("--sample-seeds", nargs="+", type=int, default=None,
+                    help="sampling seeds (default: --n-seeds from --first-sample-seed)")
     ap.add_argument("--n-seeds", type=int, default=5, help="sampling seeds per checkpoint")
     ap.add_argument("--first-sample-seed", type=int, default=10_000)
     ap.add_argument("--device", default="auto")
@@ -56,9 +119,21 @@ def main(argv: list[str] | None = None) -> None:
     images, labels = load_data(p.dataset, p.size)
     evaluate = Evaluator(make_extractor(p, images, labels, args.cache_dir, args.device), images,
                          p.kid_subset_size)
-    sample_seeds = list(range(args.first_sample_seed, args.first_sample_seed + args.n_seeds))
+    mu_real = evaluate.real.mean(0)
+    sample_seeds = args.sample_seeds or list(
+        range(args.first_sample_seed, args.first_sample_seed + args.n_seeds))
+    store = out / "sampling_noise.json"
+    records: dict[str, dict] = json.loads(store.read_text()) if store.exists() else {}
 
-    rows = []
+    # class metrics for draws recorded before they were computed, from the saved features
+    for r in records.values():
+        feat_path = (out / "sampling_noise" / slug(r["arm"]) / f"seed{r['seed']}"
+                     / f"draw{r['sample_seed']}.npy")
+        if "fid_class_balanced" not in r and feat_path.is_file():
+            r.update(evaluate.class_metrics(np.load(feat_path).astype(np.float64)))
+    atomic_json(store, records)
+
+    done_runs = []
     for arm_dir in sorted((out / "checkpoints").iterdir()):
         arm = slugs.get(arm_dir.name)
         if arm is None or (args.arms and arm not in args.arms):
@@ -68,31 +143,64 @@ def main(argv: list[str] | None = None) -> None:
             step = latest_step(seed_dir)
             if step == 0 or (args.seeds is not None and seed not in args.seeds):
                 continue
-            model = make_model(p, catalogue[arm], seed, step, seed_dir, step, args.device, 0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model.fit(images, resume="latest")  # restores the checkpoint, trains 0 steps
-            t0 = time.perf_counter()
-            fids = [evaluate.features(model.sample(p.n_samples, steps=p.sample_steps, seed=s))
-                    for s in sample_seeds]
-            fids = [evaluate(f)["fid"] for f in fids]
-            rows.append((arm, seed, step, fids))
+            todo = [s for s in sample_seeds
+                    if records.get(_key(arm, seed, s), {}).get("step") != step]
+            if todo:
+                model = make_model(p, catalogue[arm], seed, step, seed_dir, step, args.device, 0)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model.fit(images, resume="latest")  # restores the checkpoint, trains 0 steps
+                for s in todo:
+                    t0 = time.perf_counter()
+                    f = evaluate.features(model.sample(p.n_samples, steps=p.sample_steps, seed=s))
+                    feat_path = out / "sampling_noise" / slug(arm) / f"seed{seed}" / f"draw{s}.npy"
+                    feat_path.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(feat_path, f.astype(np.float32))
+                    m = evaluate(f)
+                    records[_key(arm, seed, s)] = {
+                        "arm": arm, "seed": seed, "step": step, "sample_seed": s,
+                        "fid": m["fid"],
+                        **{k: m[k] for k in ("fid_class_balanced", "class_tv") if k in m},
+                        "mean_term": float(((f.mean(0) - mu_real) ** 2).sum()),
+                        "seconds": time.perf_counter() - t0,
+                    }
+                    atomic_json(store, records)
+            fids = [records[_key(arm, seed, s)]["fid"] for s in sample_seeds]
+            done_runs.append((arm, seed, step))
             print(f"{arm:<14} seed {seed} step {step}: FID {np.mean(fids):.2f} +- "
-                  f"{statistics.stdev(fids):.2f} over sampling seeds {sample_seeds}: "
-                  f"{', '.join(f'{f:.2f}' for f in fids)} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                  f"{statistics.stdev(fids) if len(fids) > 1 else float('nan'):.2f} over "
+                  f"sampling seeds {sample_seeds}: {', '.join(f'{x:.2f}' for x in fids)}",
+                  flush=True)
 
-    if not rows:
+    if not done_runs:
         raise SystemExit(f"no checkpoints under {out / 'checkpoints'}")
-    pooled = float(np.sqrt(np.mean([statistics.variance(f) for *_, f in rows])))
     print(f"\n{machine()}; {p.n_samples} DDIM-{p.sample_steps} samples per FID, sampling seeds "
           f"{sample_seeds}")
-    print(f"pooled within-checkpoint s.d. of FID (sampling noise alone): {pooled:.2f}")
-    print("| arm | seed | step | FID per sampling seed | mean | s.d. |")
-    print("|---|---|---|---|---|---|")
-    for arm, seed, step, fids in rows:
-        print(f"| {arm} | {seed} | {step} | {', '.join(f'{f:.2f}' for f in fids)} | "
-              f"{np.mean(fids):.2f} | {statistics.stdev(fids):.2f} |")
+    if len(sample_seeds) > 1:
+        for metric in ("fid", "fid_class_balanced"):
+            variances = [statistics.variance(v) for v in (
+                [records[_key(a, s, ss)].get(metric, math.nan) for ss in sample_seeds]
+                for a, s, _ in done_runs)]
+            print(f"pooled within-checkpoint s.d. of {metric} (sampling noise alone): "
+                  f"{math.sqrt(np.mean(variances)):.2f}")
+    print("\n| arm | seed | step | FID per sampling seed (mean term) | mean | s.d. "
+          "| cbFID per sampling seed | mean | s.d. | TV mean |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for arm, seed, step in done_runs:
+        rs = [records[_key(arm, seed, s)] for s in sample_seeds]
+        cells = []
+        for metric, extra in (("fid", "mean_term"), ("fid_class_balanced", None)):
+            vals = [r.get(metric, math.nan) for r in rs]
+            sd = statistics.stdev(vals) if len(vals) > 1 else math.nan
+            cells += [", ".join(f"{r.get(metric, math.nan):.2f}"
+                                + (f" ({r[extra]:.2f})" if extra else "") for r in rs),
+                      f"{np.mean(vals):.2f}", f"{sd:.2f}"]
+        cells.append(f"{np.mean([r.get('class_tv', math.nan) for r in rs]):.3f}")
+        print(f"| {arm} | {seed} | {step} | " + " | ".join(cells) + " |")
+    wanted = {(a, s) for a, s, _ in done_runs}
+    mine = {k: r for k, r in records.items() if (r["arm"], r["seed"]) in wanted}
+    for metric in ("fid", "fid_class_balanced", "class_tv"):
+        print("\n".join(paired_report(mine, sample_seeds, metric)))
 
 
 if __name__ == "__main__":
