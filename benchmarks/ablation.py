@@ -277,23 +277,37 @@ class Evaluator:
             **self.class_metrics(fake),
         }
 
+    FLOOR_VERSION = 2
+
     def floor(self, n_samples: int, repeats: int = 40, groups: int = 5, seed: int = 0
               ) -> dict[str, Any]:
-        """FID a perfect model would score: real against real, extrapolated to the protocol.
+        """FIDs of two ideal models against the real set: where "no better" lies.
 
-        A model that samples the data distribution itself still scores FID > 0 with finitely
-        many samples. Disjoint random halves of the real set, at five sizes ``n`` up to half of
-        it, give FIDs that are linear in ``1/n1 + 1/n2`` (bias of the moment estimates); the fit
-        evaluated at ``1/n_samples + 1/n_real`` estimates a perfect model's mean FID against the
-        full real set. The fit is made ``groups`` times on independent sets of ``repeats``
-        random splits per size; the result holds the mean of those estimates and their standard
-        error, for ``fid`` and ``fid_class_balanced``.
+        With finitely many samples FID is above 0 even for a perfect model. Two references:
+
+        * **generalising**: a model that samples the data distribution itself, independently of
+          the real set. Disjoint random halves of the real set, at five sizes ``n`` up to half of
+          it, give FIDs linear in ``1/n1 + 1/n2`` (the bias of the moment estimates); the fit
+          evaluated at ``1/n_samples + 1/n_real`` is this model's mean FID against the full real
+          set. Made ``groups`` times on independent sets of ``repeats`` splits per size.
+        * **copy**: a model that samples the real (training) images themselves, with
+          replacement. Measured directly: ``repeats x groups`` bootstrap draws of ``n_samples``
+          real images against the full real set. Its FID is about ``1/n_samples`` on the same
+          line, roughly half the generalising model's.
+
+        A model trained on the real set can sit anywhere between the two (and below the copy
+        only by luck of the draw). Keys: ``fid``, ``fid_class_balanced`` (generalising) and
+        ``copy_fid``, ``copy_fid_class_balanced``, each with ``_se``: the standard error of the
+        mean over the ``groups`` (Monte-Carlo error of the procedure only, not the spread of
+        one model's FID across sampling draws).
         """
         rng = np.random.default_rng(seed)
         n_real = len(self.real)
         sizes = np.linspace(n_real // 6, n_real // 2, 5).astype(int)
         at = 1.0 / n_samples + 1.0 / n_real
-        estimates: dict[str, list[float]] = {"fid": [], "fid_class_balanced": []}
+        estimates: dict[str, list[float]] = {
+            "fid": [], "fid_class_balanced": [], "copy_fid": [], "copy_fid_class_balanced": []}
+        balance = self.real_classes is not None
         for _ in range(groups):
             xs, plain, balanced = [], [], []
             for n in sizes:
@@ -302,7 +316,7 @@ class Evaluator:
                     a, b = perm[:n], perm[n:2 * n]
                     xs.append(2.0 / n)
                     plain.append(frechet_distance_from_features(self.real[a], self.real[b]))
-                    if self.real_classes is not None:
+                    if balance:
                         balanced.append(class_balanced_frechet_distance(
                             self.real[a], self.real_classes[a], self.real[b],
                             self.real_classes[b]))
@@ -310,13 +324,23 @@ class Evaluator:
                 if ys:
                     slope, intercept = np.polyfit(xs, ys, 1)
                     estimates[key].append(float(slope * at + intercept))
-        result: dict[str, Any] = {"n_samples": n_samples, "n_real": n_real,
-                                  "halves": [int(n) for n in sizes], "repeats": repeats,
-                                  "groups": groups}
+            copies, copies_balanced = [], []
+            for _ in range(repeats):
+                idx = rng.integers(0, n_real, n_samples)
+                copies.append(frechet_distance_from_features(self.real[idx], self.real))
+                if balance:
+                    copies_balanced.append(class_balanced_frechet_distance(
+                        self.real[idx], self.real_classes[idx], self.real, self.real_classes))
+            estimates["copy_fid"].append(float(np.mean(copies)))
+            if copies_balanced:
+                estimates["copy_fid_class_balanced"].append(float(np.mean(copies_balanced)))
+        result: dict[str, Any] = {"version": self.FLOOR_VERSION, "n_samples": n_samples,
+                                  "n_real": n_real, "halves": [int(n) for n in sizes],
+                                  "repeats": repeats, "groups": groups}
         for key, values in estimates.items():
             if values:
                 result[key] = float(np.mean(values))
-                result[key + "_se"] = (float(statistics.stdev(values) / math.sqrt(len(values)))
+                result[key + "_se"] = (float(np.std(values, ddof=1) / math.sqrt(len(values)))
                                        if len(values) > 1 else math.nan)
                 result[key + "_groups"] = values
         return result
@@ -429,6 +453,12 @@ def run_one(p: Protocol, arm: str, arm_kwargs: dict[str, Any] | None, seed: int,
 
 
 # ------------------------------------------------------------------------------------- report
+def sample_sd(values: list[float]) -> float:
+    """Sample standard deviation of the finite values (NaN with fewer than two)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+
+
 def t_interval(values: list[float]) -> tuple[float, float, float]:
     """Mean and the 95 % t-interval (NaN bounds with fewer than two values)."""
     from scipy import stats
@@ -436,7 +466,7 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     mean = float(np.mean(values)) if values else math.nan
     if len(values) < 2:
         return mean, math.nan, math.nan
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    half = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))
     return mean, mean - half, mean + half
 
 
@@ -562,7 +592,7 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
                          f"| {ratio:.3f} | {favour}/{len(diffs)} | {goal} |")
     lines.append("")
 
-    lines += class_section(out, res, arms, others, seeds, steps, base_steps, p)
+    lines += class_section(out, res, arms, seeds, base_steps)
 
     # other metrics at the last step
     last = steps[-1]
@@ -588,7 +618,7 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
             if not vals:
                 cells.append("n/a")
                 continue
-            sd = fmt(statistics.stdev(vals), digits) if len(vals) > 1 else "n/a"
+            sd = fmt(sample_sd(vals), digits) if len(vals) > 1 else "n/a"
             cells.append(f"{np.mean(vals):.{digits}f} +- {sd} ({len(vals)})")
         for m, scale, digits in (("precision", 1, 3), ("recall", 1, 3),
                                  ("kid_standardized", 1e3, 2)):
@@ -662,19 +692,31 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
 
 
 def report_stem(out: Path, p: Protocol, quick: bool) -> str:
-    """File-name stem of the report: ``ablation_<dataset>``, or ``ablation_<out folder name>``
-    when ``--out`` is a folder named otherwise (another protocol on the same data set)."""
-    name = p.dataset if out.name == p.dataset else out.name
+    """File-name stem of the report: ``ablation_<dataset>`` when ``--out`` is named after the
+    data set; else ``ablation_<out folder name>`` when that name holds the data set's
+    (``digits-small``), or ``ablation_<dataset>_<out folder name>``."""
+    if out.name == p.dataset or p.dataset in out.name:
+        name = out.name
+    else:
+        name = f"{p.dataset}_{out.name}"
     return f"ablation_{name}{'_quick' if quick else ''}"
 
 
-def class_section(out: Path, res: dict, arms: list[str], others: list[str], seeds: list[int],
-                  steps: list[int], base_steps: list[int], p: Protocol) -> list[str]:
-    """Report lines: class-balanced FID, class proportions and a perfect model's FID."""
+def read_floor(out: Path) -> dict | None:
+    """``out/floor.json`` when it is of the current format, else None (to be recomputed)."""
+    path = out / "floor.json"
+    if not path.is_file():
+        return None
+    floor = json.loads(path.read_text())
+    return floor if floor.get("version") == Evaluator.FLOOR_VERSION else None
+
+
+def class_section(out: Path, res: dict, arms: list[str], seeds: list[int],
+                  base_steps: list[int]) -> list[str]:
+    """Report lines: class-balanced FID, class proportions and the ideal models' FIDs."""
     have = [s for s in base_steps
             if any("fid_class_balanced" in res.get((BASELINE, k, s), {}) for k in seeds)]
-    floor_path = out / "floor.json"
-    floor = json.loads(floor_path.read_text()) if floor_path.is_file() else None
+    floor = read_floor(out)
     if not have and floor is None:
         return []
     lines = ["## Class proportions, within-class quality and the noise floor", "",
@@ -686,17 +728,23 @@ def class_section(out: Path, res: dict, arms: list[str], others: list[str], seed
              " Computed from each evaluation's saved features, so only at the steps where "
              "they were saved.", ""]
     if floor is not None:
+        def pm(key: str, digits: int) -> str:
+            return f"{fmt(floor[key], digits)} +- {fmt(floor.get(key + '_se', math.nan), digits)}"
+
         lines += [
-            f"**A perfect model's FID is not 0.** A model that samples the data distribution "
-            f"itself would score about **FID {floor['fid']:.1f} +- {floor.get('fid_se', math.nan):.1f} and "
-            f"cbFID {floor.get('fid_class_balanced', math.nan):.2f} +- "
-            f"{floor.get('fid_class_balanced_se', math.nan):.2f}** (estimate +- standard error) "
-            f"with {floor['n_samples']} samples against the {floor['n_real']} real images: FIDs "
+            "**An ideal model's FID is not 0.** With "
+            f"{floor['n_samples']} samples against the {floor['n_real']} real images, a model "
+            "that samples the data distribution itself, independently of the real set, would "
+            f"score about **FID {pm('fid', 2)}, cbFID {pm('fid_class_balanced', 2)}**: FIDs "
             f"between disjoint random halves of the real set (sizes {floor['halves']}) are "
-            "linear in 1/n1 + 1/n2 and are extrapolated to the protocol's sizes, "
-            f"{floor.get('groups', 1)} times on {floor['repeats']} splits per size "
-            "(`Evaluator.floor`). (The models are trained on the very images they are "
-            "compared with, which can put them slightly below this.)", ""]
+            "linear in 1/n1 + 1/n2 and are extrapolated to the protocol's sizes. A model that "
+            "copies the real images (it samples them with replacement) scores about "
+            f"**FID {pm('copy_fid', 2)}, cbFID {pm('copy_fid_class_balanced', 2)}**, measured "
+            "directly on bootstrap draws. The models here are trained on the real images they "
+            "are compared with, so they can sit anywhere between the two; below the copy level "
+            "only by luck of the draw. (+- is the standard error of the procedure over "
+            f"{floor['groups']} independent groups of {floor['repeats']} draws, "
+            "`Evaluator.floor`, not the spread of one model's FID across sampling draws.)", ""]
     if have:
         lines += ["| step | arm | cbFID mean +- s.d. (n) | TV mean | d cbFID per seed | "
                   "d cbFID mean [95 % CI] | ratio | in favour | d TV mean [95 % CI] |",
@@ -708,7 +756,7 @@ def class_section(out: Path, res: dict, arms: list[str], others: list[str], seed
                 if not rows:
                     continue
                 vals = [r["fid_class_balanced"] for r in rows]
-                sd = statistics.stdev(vals) if len(vals) > 1 else math.nan
+                sd = sample_sd(vals)
                 cells = [f"{np.mean(vals):.2f} +- {fmt(sd, 2)} ({len(vals)})",
                          f"{np.mean([r['class_tv'] for r in rows]):.3f}"]
                 if arm == BASELINE:
@@ -961,9 +1009,8 @@ def main(argv: list[str] | None = None) -> None:
         filled = backfill(out, evaluate)
         if filled:
             print(f"added the class-balanced FID to {filled} earlier results from their features")
-        floor_path = out / "floor.json"
-        if not floor_path.is_file():
-            atomic_json(floor_path, evaluate.floor(p.n_samples))
+        if read_floor(out) is None:
+            atomic_json(out / "floor.json", evaluate.floor(p.n_samples))
         jobs = [(arm, seed) for seed in seeds for arm in arms]
         total = sum(len(base_steps if a == BASELINE else steps) for a, _ in jobs)
         with tqdm(total=total, desc="ablation (arm, seed, step)", dynamic_ncols=True) as bar:

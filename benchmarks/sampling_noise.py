@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 import warnings
@@ -42,6 +41,7 @@ from ablation import (  # noqa: E402
     machine,
     make_extractor,
     make_model,
+    sample_sd,
     signed,
     slug,
     t_interval,
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             fids = [records[_key(arm, seed, s)]["fid"] for s in sample_seeds]
             done_runs.append((arm, seed, step))
             print(f"{arm:<14} seed {seed} step {step}: FID {np.mean(fids):.2f} +- "
-                  f"{statistics.stdev(fids) if len(fids) > 1 else float('nan'):.2f} over "
+                  f"{sample_sd(fids):.2f} over "
                   f"sampling seeds {sample_seeds}: {', '.join(f'{x:.2f}' for x in fids)}",
                   flush=True)
 
@@ -178,11 +178,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{sample_seeds}")
     if len(sample_seeds) > 1:
         for metric in ("fid", "fid_class_balanced"):
-            variances = [statistics.variance(v) for v in (
+            variances = [sample_sd(v) ** 2 for v in (
                 [records[_key(a, s, ss)].get(metric, math.nan) for ss in sample_seeds]
                 for a, s, _ in done_runs)]
             print(f"pooled within-checkpoint s.d. of {metric} (sampling noise alone): "
-                  f"{math.sqrt(np.mean(variances)):.2f}")
+                  f"{math.sqrt(np.nanmean(variances)):.2f}")
     print("\n| arm | seed | step | FID per sampling seed (mean term) | mean | s.d. "
           "| cbFID per sampling seed | mean | s.d. | TV mean |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = []
         for metric, extra in (("fid", "mean_term"), ("fid_class_balanced", None)):
             vals = [r.get(metric, math.nan) for r in rs]
-            sd = statistics.stdev(vals) if len(vals) > 1 else math.nan
+            sd = sample_sd(vals)
             cells += [", ".join(f"{r.get(metric, math.nan):.2f}"
                                 + (f" ({r[extra]:.2f})" if extra else "") for r in rs),
                       f"{np.mean(vals):.2f}", f"{sd:.2f}"]

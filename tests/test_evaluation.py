@@ -202,6 +202,78 @@ def test_class_balanced_fid_removes_class_proportions_only():
 
 
 @pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        (np.ones(4), "shape"),
+        (np.array([1.0, -1.0, 1.0, 1.0, 1.0]), "non-negative"),
+        (np.array([1.0, np.nan, 1.0, 1.0, 1.0]), "finite"),
+        (np.array([0.0, 0.0, 0.0, 0.0, 2.0]), "two positive"),
+    ],
+)
+def test_feature_statistics_rejects_bad_weights(weights, message):
+    with pytest.raises(ValueError, match=message):
+        feature_statistics(np.random.default_rng(0).standard_normal((5, 2)), weights=weights)
+
+
+def test_feature_statistics_weights_are_scale_free_and_accept_tensors():
+    f = np.random.default_rng(1).standard_normal((6, 2))
+    w = np.array([1.0, 2.0, 3.0, 1.0, 1.0, 2.0])
+    mu, sigma = feature_statistics(f, weights=w)
+    for scaled in (w * 1e-300, w * 1e300, torch.tensor(w, requires_grad=True)):
+        mu2, sigma2 = feature_statistics(f, weights=scaled)
+        np.testing.assert_allclose(mu2, mu, rtol=1e-12)
+        np.testing.assert_allclose(sigma2, sigma, rtol=1e-12)
+
+
+def test_class_labels_validation():
+    # float labels holding integers are accepted; anything else is not
+    np.testing.assert_allclose(
+        class_balance_weights(np.array([0.0, 1.0]), [0, 1]), class_balance_weights([0, 1], [0, 1])
+    )
+    for bad, message in (
+        (np.array([True, False]), "dtype"),
+        (np.array(["0", "1"]), "dtype"),
+        (np.array([0.0, np.inf]), "integer class"),
+        (np.array([-1, 0]), "non-negative"),
+        (np.array([0.0, 1e300]), "too large"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            class_total_variation(bad, [0, 1])
+    # n_classes bounds the indices and adds empty classes
+    assert class_total_variation([0, 1], [0, 1], n_classes=5) == 0.0
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        class_total_variation([0, 2], [0, 1], n_classes=2)
+    for bad_n in (0, True, 2.0):
+        with pytest.raises(ValueError, match="n_classes"):
+            class_total_variation([0, 1], [0, 1], n_classes=bad_n)
+
+
+def test_class_present_on_one_side_only():
+    # a class missing from the generated set: the TV counts at least its share; the balanced
+    # FID weights the remaining classes to their real proportions among themselves
+    assert class_total_variation([0, 0, 1, 1], [0, 1, 2, 2]) == pytest.approx(0.5)
+    rng = np.random.default_rng(7)
+    real = rng.standard_normal((90, 2)) + np.repeat([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]], 30, 0)
+    real_y = np.repeat([0, 1, 2], 30)
+    fake, fake_y = real[:60], real_y[:60]  # class 2 never generated
+    # classes 0 and 1 are already in the real set's proportions among themselves (1:1), so
+    # the weights are uniform and the balanced FID is the plain one, missing class included
+    plain = frechet_distance_from_features(real, fake)
+    assert plain > 5.0
+    assert class_balanced_frechet_distance(real, real_y, fake, fake_y) == pytest.approx(
+        plain, rel=1e-9
+    )
+    # a generated class unknown to the real set gets weight 0
+    extra = np.vstack([fake, rng.standard_normal((5, 2)) + 50.0])
+    extra_y = np.concatenate([fake_y, np.full(5, 3)])
+    assert class_balanced_frechet_distance(real, real_y, extra, extra_y) == pytest.approx(
+        class_balanced_frechet_distance(real, real_y, fake, fake_y), rel=1e-9
+    )
+    with pytest.raises(ValueError, match="fewer than two generated samples"):
+        class_balanced_frechet_distance(real, real_y, extra[-6:], extra_y[-6:])
+
+
+@pytest.mark.parametrize(
     ("call", "name"),
     [
         (lambda: frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4)), "mu1 and mu2"),

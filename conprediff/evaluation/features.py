@@ -700,9 +700,12 @@ class FeatureExtractor(BaseEstimator):
 
         Raises
         ------
+        NotFittedError
+            If the extractor holds no network yet and trains its default one on data: call
+            :meth:`fit` with images and labels first.
         ValueError
             If the network has no ``features`` method (then its output is taken to be features,
-            not logits).
+            not logits), or its output is not of shape ``(batch, n_classes)``.
         """
         model = getattr(self, "model_", None)
         if model is None:
@@ -732,7 +735,13 @@ class FeatureExtractor(BaseEstimator):
         try:
             with torch.no_grad():
                 for start in range(0, x.shape[0], batch_size):
-                    logits = model(x[start : start + batch_size].to(device, dtype))
+                    batch = x[start : start + batch_size]
+                    logits = model(batch.to(device, dtype))
+                    if logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
+                        raise ValueError(
+                            "classify needs logits of shape (batch, n_classes) from the "
+                            f"network's forward pass; got {tuple(logits.shape)}"
+                        )
                     out.append(logits.argmax(1).to("cpu", torch.int64))
         finally:
             if isinstance(model, nn.Module):

@@ -190,7 +190,7 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
 
 
 def feature_statistics(features: Any, weights: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (unbiased) covariance of a feature set, optionally weighted.
+    """Mean and bias-corrected covariance of a feature set, optionally weighted.
 
     Parameters
     ----------
@@ -206,8 +206,8 @@ def feature_statistics(features: Any, weights: Any = None) -> tuple[np.ndarray, 
         :math:`\\mu = \\sum_n w_n f_n` (:math:`w_n = 1/N` when unweighted), float64.
     sigma : numpy.ndarray of shape (D, D)
         :math:`\\Sigma = \\frac{1}{1 - \\sum_n w_n^2} \\sum_n w_n (f_n - \\mu)(f_n - \\mu)^\\top`
-        (reliability weights; with uniform weights the usual :math:`\\frac1{N-1}` estimate),
-        float64.
+        (the reliability-weights correction: unbiased for weights fixed in advance; with
+        uniform weights the usual :math:`\\frac1{N-1}` estimate), float64.
 
     Raises
     ------
@@ -222,6 +222,8 @@ def feature_statistics(features: Any, weights: Any = None) -> tuple[np.ndarray, 
         centred = f - mu
         sigma = centred.T @ centred / (f.shape[0] - 1)
         return mu, 0.5 * (sigma + sigma.T)
+    if hasattr(weights, "detach"):
+        weights = weights.detach().cpu().numpy()
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (f.shape[0],):
         raise ValueError(f"weights must have shape ({f.shape[0]},); got {w.shape}")
@@ -229,6 +231,7 @@ def feature_statistics(features: Any, weights: Any = None) -> tuple[np.ndarray, 
         raise ValueError("weights must be finite and non-negative")
     if np.count_nonzero(w) < 2:
         raise ValueError("weights need at least two positive entries")
+    w = w / w.max()  # first to the largest, so that the sum cannot overflow or underflow
     w = w / w.sum()
     mu = w @ f
     centred = f - mu
@@ -245,14 +248,27 @@ def _as_labels(name: str, labels: Any, n: int | None, n_classes: int | None) -> 
         raise ValueError(f"{name} must have shape {want}; got {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"{name} is empty")
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError(f"{name} must hold integer class indices")
-        arr = arr.astype(np.int64)
-    if arr.min() < 0 or (n_classes is not None and arr.max() >= n_classes):
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise ValueError(f"{name} must hold integer class indices; got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and (
+        not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))
+    ):
+        raise ValueError(f"{name} must hold integer class indices")
+    if n_classes is not None and (
+        isinstance(n_classes, bool) or not isinstance(n_classes, int | np.integer) or n_classes < 1
+    ):
+        raise ValueError(f"n_classes must be a positive integer; got {n_classes!r}")
+    low, high = arr.min(), arr.max()
+    if low < 0:
+        raise ValueError(f"{name} must hold non-negative class indices; got minimum {low}")
+    if n_classes is not None and high >= n_classes:
         raise ValueError(
-            f"{name} must hold class indices in [0, {n_classes}); got {arr.min()}..{arr.max()}"
+            f"{name} must hold class indices in [0, {n_classes}); got maximum {high}"
         )
+    if high > 2**40:
+        raise ValueError(f"{name} holds a class index too large to count: {high}")
     return arr.astype(np.int64)
 
 
@@ -307,7 +323,8 @@ def class_total_variation(labels1: Any, labels2: Any, n_classes: int | None = No
     :math:`\\mathrm{TV} = \\tfrac12 \\sum_c |p_c - q_c|`, in [0, 1]: the share of one set
     that would have to change class to match the other's proportions. With a classifier's
     predictions for real and generated images it measures mode balance (0: the same
-    proportions; a dropped class of share :math:`q_c` adds at least :math:`q_c / 2`).
+    proportions; a class of share :math:`q_c` in ``labels2`` that is missing from ``labels1``
+    makes it at least :math:`q_c`).
 
     Parameters
     ----------
@@ -341,9 +358,10 @@ def class_balanced_frechet_distance(
     the proportions of the real set's), and the Fréchet distance is taken between the real
     set's statistics and the weighted statistics of :func:`feature_statistics`. This removes the
     part of FID due to the class proportions of one draw of samples, which in the features of a
-    small classifier is large: on the digits, 2,000 real images resampled with class 0 at 14 %
-    instead of 10 % score FID 6.5 against the real set instead of 2.3. Report it beside the plain
-    FID and :func:`class_total_variation`, which measures the proportions themselves.
+    small classifier is large: on the digits, 2,000 real images drawn with replacement, with
+    class 0 at 14 % instead of 10 %, score FID 6.5 against the real set instead of 2.3. Report it
+    beside the plain FID and :func:`class_total_variation`, which measures the proportions
+    themselves.
 
     Parameters
     ----------
@@ -376,6 +394,11 @@ def class_balanced_frechet_distance(
     y1 = _as_labels("real_labels", real_labels, f1.shape[0], n_classes)
     y2 = _as_labels("fake_labels", fake_labels, f2.shape[0], n_classes)
     w = class_balance_weights(y2, y1, n_classes)
+    if np.count_nonzero(w) < 2:
+        raise ValueError(
+            "fewer than two generated samples belong to classes present in the real set: "
+            "their class-balanced statistics cannot be estimated"
+        )
     return frechet_distance(*feature_statistics(f1), *feature_statistics(f2, weights=w))
 
 
