@@ -698,10 +698,7 @@ def report_stem(out: Path, p: Protocol, quick: bool) -> str:
     """File-name stem of the report: ``ablation_<dataset>`` when ``--out`` is named after the
     data set; else ``ablation_<out folder name>`` when that name holds the data set's
     (``digits-small``), or ``ablation_<dataset>_<out folder name>``."""
-    if out.name == p.dataset or p.dataset in out.name:
-        name = out.name
-    else:
-        name = f"{p.dataset}_{out.name}"
+    name = out.name if p.dataset in out.name else f"{p.dataset}_{out.name}"
     return f"ablation_{name}{'_quick' if quick else ''}"
 
 
