@@ -453,10 +453,18 @@ def run_one(p: Protocol, arm: str, arm_kwargs: dict[str, Any] | None, seed: int,
 
 
 # ------------------------------------------------------------------------------------- report
+def finite_summary(values: list[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation and count of the finite values (missing results are
+    NaN): NaN mean with none, NaN s.d. with fewer than two."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    mean = float(np.mean(finite)) if finite else math.nan
+    sd = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+    return mean, sd, len(finite)
+
+
 def sample_sd(values: list[float]) -> float:
     """Sample standard deviation of the finite values (NaN with fewer than two)."""
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+    return finite_summary(values)[1]
 
 
 def t_interval(values: list[float]) -> tuple[float, float, float]:
@@ -509,7 +517,8 @@ def paired(res: dict, arm: str, seeds: list[int], step: int, metric: str = "fid"
 
 def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str],
                  seeds: list[int], steps: list[int], base_steps: list[int], p: Protocol,
-                 command: str, accuracy: float | None, quick: bool) -> Path:
+                 command: str, accuracy: float | None, quick: bool,
+                 report_only: bool = False) -> Path:
     res = load_results(out)
     catalogue = arm_catalogue(p.timesteps)
     for (arm, seed, step), r in res.items():
@@ -529,7 +538,7 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
     lines += [
         (f"Rewritten by `{command}` on {time.strftime('%Y-%m-%d %H:%M')} from the results on "
          "disk; the commands that produced them are given where the results are discussed "
-         "(`docs/benchmarks/ablation.md`)." if "--report-only" in command else
+         "(`docs/benchmarks/ablation.md`)." if report_only else
          f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M')}, {machine()}."),
         "",
         f"Protocol: {p.dataset} ({p.size}x{p.size}), UNet base {p.base_channels} mults "
@@ -595,7 +604,7 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
                          f"| {ratio:.3f} | {favour}/{len(diffs)} | {goal} |")
     lines.append("")
 
-    lines += class_section(out, res, arms, seeds, base_steps)
+    lines += class_section(out, res, arms, seeds, base_steps, p.n_samples)
 
     # other metrics at the last step
     last = steps[-1]
@@ -617,12 +626,8 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
         cells = []
         for m, scale, digits in (("fid", 1, 1), ("precision", 1, 3), ("recall", 1, 3),
                                  ("kid_standardized", 1e3, 2)):
-            vals = [r[m] * scale for r in rows if m in r]
-            if not vals:
-                cells.append("n/a")
-                continue
-            sd = fmt(sample_sd(vals), digits) if len(vals) > 1 else "n/a"
-            cells.append(f"{np.mean(vals):.{digits}f} +- {sd} ({len(vals)})")
+            mean, sd, n = finite_summary([r[m] * scale for r in rows if m in r])
+            cells.append(f"{fmt(mean, digits)} +- {fmt(sd, digits)} ({n})" if n else "n/a")
         for m, scale, digits in (("precision", 1, 3), ("recall", 1, 3),
                                  ("kid_standardized", 1e3, 2)):
             if arm == BASELINE:
@@ -702,21 +707,28 @@ def report_stem(out: Path, p: Protocol, quick: bool) -> str:
     return f"ablation_{name}{'_quick' if quick else ''}"
 
 
-def read_floor(out: Path) -> dict | None:
-    """``out/floor.json`` when it is of the current format, else None (to be recomputed)."""
+def read_floor(out: Path, n_samples: int | None = None, n_real: int | None = None
+               ) -> dict | None:
+    """``out/floor.json`` when it is of the current format and, where given, was computed for
+    ``n_samples`` generated against ``n_real`` real images; else None (to be recomputed)."""
     path = out / "floor.json"
     if not path.is_file():
         return None
     floor = json.loads(path.read_text())
-    return floor if floor.get("version") == Evaluator.FLOOR_VERSION else None
+    if floor.get("version") != Evaluator.FLOOR_VERSION:
+        return None
+    for key, want in (("n_samples", n_samples), ("n_real", n_real)):
+        if want is not None and floor.get(key) != want:
+            return None
+    return floor
 
 
 def class_section(out: Path, res: dict, arms: list[str], seeds: list[int],
-                  base_steps: list[int]) -> list[str]:
+                  base_steps: list[int], n_samples: int) -> list[str]:
     """Report lines: class-balanced FID, class proportions and the ideal models' FIDs."""
     have = [s for s in base_steps
             if any("fid_class_balanced" in res.get((BASELINE, k, s), {}) for k in seeds)]
-    floor = read_floor(out)
+    floor = read_floor(out, n_samples)
     if not have and floor is None:
         return []
     lines = ["## Class proportions, within-class quality and the noise floor", "",
@@ -756,10 +768,9 @@ def class_section(out: Path, res: dict, arms: list[str], seeds: list[int],
                         if "fid_class_balanced" in res.get((arm, k, s), {})]
                 if not rows:
                     continue
-                vals = [r["fid_class_balanced"] for r in rows]
-                sd = sample_sd(vals)
-                cells = [f"{np.mean(vals):.2f} +- {fmt(sd, 2)} ({len(vals)})",
-                         f"{np.mean([r['class_tv'] for r in rows]):.3f}"]
+                mean, sd, n = finite_summary([r["fid_class_balanced"] for r in rows])
+                cells = [f"{fmt(mean, 2)} +- {fmt(sd, 2)} ({n})",
+                         fmt(finite_summary([r["class_tv"] for r in rows])[0], 3)]
                 if arm == BASELINE:
                     cells += ["", "", "", "", ""]
                 else:
@@ -1010,7 +1021,7 @@ def main(argv: list[str] | None = None) -> None:
         filled = backfill(out, evaluate)
         if filled:
             print(f"added the class-balanced FID to {filled} earlier results from their features")
-        if read_floor(out) is None:
+        if read_floor(out, p.n_samples, len(images)) is None:
             atomic_json(out / "floor.json", evaluate.floor(p.n_samples))
         jobs = [(arm, seed) for seed in seeds for arm in arms]
         total = sum(len(base_steps if a == BASELINE else steps) for a, _ in jobs)
@@ -1024,7 +1035,7 @@ def main(argv: list[str] | None = None) -> None:
     elif (out / "classifier.json").is_file():
         accuracy = json.loads((out / "classifier.json").read_text())["test_accuracy"]
     path = write_report(out, args.docs, arms, aliases, seeds, steps, base_steps, p, command,
-                        accuracy, args.quick)
+                        accuracy, args.quick, report_only=args.report_only)
     print(f"\nwrote {path}\n")
     print(path.read_text())
 

@@ -35,6 +35,7 @@ from ablation import (  # noqa: E402
     Evaluator,
     arm_catalogue,
     atomic_json,
+    finite_summary,
     latest_step,
     load_data,
     load_protocol,
@@ -190,12 +191,11 @@ def main(argv: list[str] | None = None) -> None:
         rs = [records[_key(arm, seed, s)] for s in sample_seeds]
         cells = []
         for metric, extra in (("fid", "mean_term"), ("fid_class_balanced", None)):
-            vals = [r.get(metric, math.nan) for r in rs]
-            sd = sample_sd(vals)
+            mean, sd, _ = finite_summary([r.get(metric, math.nan) for r in rs])
             cells += [", ".join(f"{r.get(metric, math.nan):.2f}"
                                 + (f" ({r[extra]:.2f})" if extra else "") for r in rs),
-                      f"{np.mean(vals):.2f}", f"{sd:.2f}"]
-        cells.append(f"{np.mean([r.get('class_tv', math.nan) for r in rs]):.3f}")
+                      f"{mean:.2f}", f"{sd:.2f}"]
+        cells.append(f"{finite_summary([r.get('class_tv', math.nan) for r in rs])[0]:.3f}")
         print(f"| {arm} | {seed} | {step} | " + " | ".join(cells) + " |")
     wanted = {(a, s) for a, s, _ in done_runs}
     mine = {k: r for k, r in records.items() if (r["arm"], r["seed"]) in wanted}

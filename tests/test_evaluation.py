@@ -239,6 +239,10 @@ def test_class_labels_validation():
     ):
         with pytest.raises(ValueError, match=message):
             class_total_variation(bad, [0, 1])
+    # huge class indices are counted without a table of max + 1 entries (no MemoryError)
+    big = [0, 10**15, 10**15]
+    assert class_total_variation(big, [10**15, 0, 0]) == pytest.approx(1 / 3)
+    np.testing.assert_allclose(class_balance_weights(big, [0, 10**15]), [0.5, 0.25, 0.25])
     # n_classes bounds the indices and adds empty classes
     assert class_total_variation([0, 1], [0, 1], n_classes=5) == 0.0
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
@@ -255,13 +259,21 @@ def test_class_present_on_one_side_only():
     rng = np.random.default_rng(7)
     real = rng.standard_normal((90, 2)) + np.repeat([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]], 30, 0)
     real_y = np.repeat([0, 1, 2], 30)
-    fake, fake_y = real[:60], real_y[:60]  # class 2 never generated
-    # classes 0 and 1 are already in the real set's proportions among themselves (1:1), so
-    # the weights are uniform and the balanced FID is the plain one, missing class included
-    plain = frechet_distance_from_features(real, fake)
-    assert plain > 5.0
+    # class 2 never generated, classes 0 and 1 generated 5:2 (the real set has them 1:1)
+    fake = np.vstack([real[:30], real[10:30], real[30:50]])
+    fake_y = np.concatenate([np.zeros(50, int), np.ones(20, int)])
+    # by hand: each class gets half the weight (their real proportions among themselves),
+    # shared equally by its samples; the missing class stays missing
+    w = np.where(fake_y == 0, 0.5 / 50, 0.5 / 20)
+    expected = frechet_distance(
+        *feature_statistics(real), *feature_statistics(fake, weights=w)
+    )
+    assert expected > 5.0
     assert class_balanced_frechet_distance(real, real_y, fake, fake_y) == pytest.approx(
-        plain, rel=1e-9
+        expected, rel=1e-9
+    )
+    assert class_balanced_frechet_distance(real, real_y, fake, fake_y) != pytest.approx(
+        frechet_distance_from_features(real, fake), rel=1e-3
     )
     # a generated class unknown to the real set gets weight 0
     extra = np.vstack([fake, rng.standard_normal((5, 2)) + 50.0])
@@ -561,6 +573,17 @@ def test_extractor_with_user_module_and_weights_file(tmp_path):
     )
     with pytest.raises(ValueError, match="needs a classifier"):
         pooled.classify(images)
+
+    # a network with features() whose forward does not return (batch, n_classes) logits
+    class SpatialHead(nn.Module):
+        def features(self, x):
+            return x.flatten(1)
+
+        def forward(self, x):
+            return x  # (N, 1, 8, 8): not logits
+
+    with pytest.raises(ValueError, match=r"logits of shape \(batch, n_classes\).*\(4, 1, 8, 8\)"):
+        FeatureExtractor(SpatialHead()).classify(images, batch_size=4)
     # The module's training mode is restored.
     net.train()
     FeatureExtractor(net).extract(images)

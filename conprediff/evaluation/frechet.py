@@ -267,9 +267,26 @@ def _as_labels(name: str, labels: Any, n: int | None, n_classes: int | None) -> 
         raise ValueError(
             f"{name} must hold class indices in [0, {n_classes}); got maximum {high}"
         )
-    if high > 2**40:
-        raise ValueError(f"{name} holds a class index too large to count: {high}")
+    if high > np.iinfo(np.int64).max // 2:
+        raise ValueError(f"{name} holds a class index too large for int64: {high}")
     return arr.astype(np.int64)
+
+
+def _class_counts(
+    a: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class counts of two label sets over the classes that occur in either.
+
+    Returns ``(ia, ib, count_a, count_b)``: ``a`` and ``b`` renumbered to ``0..K-1`` and the
+    counts of each of the ``K`` classes. Counting only the classes that occur keeps the memory
+    at ``O(N)`` whatever the class indices (a ``bincount`` over ``max + 1`` would not); classes
+    absent from both sets change neither the weights nor the total variation.
+    """
+    _, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+    inverse = inverse.reshape(-1)
+    ia, ib = inverse[: a.shape[0]], inverse[a.shape[0] :]
+    k = int(inverse.max()) + 1
+    return ia, ib, np.bincount(ia, minlength=k), np.bincount(ib, minlength=k)
 
 
 def class_balance_weights(
@@ -291,7 +308,8 @@ def class_balance_weights(
     target_labels : array_like of int, shape (M,)
         Classes whose proportions are wanted (e.g. the real images').
     n_classes : int, optional
-        Number of classes; default ``1 + max`` of both.
+        Number of classes: the labels are checked to lie in ``[0, n_classes)``. Classes that
+        occur in neither set change nothing, so it only validates.
 
     Returns
     -------
@@ -306,14 +324,13 @@ def class_balance_weights(
     """
     a = _as_labels("labels", labels, None, n_classes)
     b = _as_labels("target_labels", target_labels, None, n_classes)
-    k = n_classes if n_classes is not None else int(max(a.max(), b.max())) + 1
-    p = np.bincount(a, minlength=k).astype(np.float64)
-    q = np.bincount(b, minlength=k).astype(np.float64)
+    ia, _, p, q = _class_counts(a, b)
+    p, q = p.astype(np.float64), q.astype(np.float64)
     q[p == 0] = 0.0
     if q.sum() == 0:
         raise ValueError("no class of labels occurs in target_labels: nothing to balance to")
     q /= q.sum()
-    w = q[a] / p[a]
+    w = q[ia] / p[ia]
     return w / w.sum()
 
 
@@ -331,7 +348,8 @@ def class_total_variation(labels1: Any, labels2: Any, n_classes: int | None = No
     labels1, labels2 : array_like of int, shapes (N1,), (N2,)
         Class indices.
     n_classes : int, optional
-        Number of classes; default ``1 + max`` of both.
+        Number of classes: the labels are checked to lie in ``[0, n_classes)``. Classes that
+        occur in neither set change nothing, so it only validates.
 
     Returns
     -------
@@ -339,9 +357,9 @@ def class_total_variation(labels1: Any, labels2: Any, n_classes: int | None = No
     """
     a = _as_labels("labels1", labels1, None, n_classes)
     b = _as_labels("labels2", labels2, None, n_classes)
-    k = n_classes if n_classes is not None else int(max(a.max(), b.max())) + 1
-    p = np.bincount(a, minlength=k) / a.shape[0]
-    q = np.bincount(b, minlength=k) / b.shape[0]
+    _, _, count_a, count_b = _class_counts(a, b)
+    p = count_a / a.shape[0]
+    q = count_b / b.shape[0]
     return float(0.5 * np.abs(p - q).sum())
 
 
@@ -374,7 +392,8 @@ def class_balanced_frechet_distance(
         Classes of the generated images, e.g. the feature classifier's predictions
         (:meth:`FeatureExtractor.classify`).
     n_classes : int, optional
-        Number of classes; default ``1 + max`` of the labels.
+        Number of classes: the labels are checked to lie in ``[0, n_classes)``. Classes that
+        occur in neither set change nothing, so it only validates.
 
     Returns
     -------
