@@ -641,36 +641,36 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
     lines.append("")
 
     # equal wall-clock
-    lines += [f"## Equal wall-clock time (arm at step {last} against the baseline at the same "
-              "cumulative training time, interpolated per seed)", "",
-              "| arm | train s (mean) | time / baseline's at equal steps | differences per seed "
-              "| mean [95 % CI] | in favour |", "|---|---|---|---|---|---|"]
+    lines += ["## Equal wall-clock time (arm at each step against the baseline at the same "
+              "cumulative training time, interpolated per seed between its evaluations)", "",
+              "| step | arm | train s (mean) | time / baseline's at equal steps | differences per "
+              "seed | mean [95 % CI] | in favour |", "|---|---|---|---|---|---|---|"]
     for arm in others:
-        used, diffs, times, rel = [], [], [], []
-        for k in seeds:
-            a = res.get((arm, k, last))
-            if not a or not math.isfinite(a["train_seconds"]):
+        for step in steps:
+            used, diffs, times, rel = [], [], [], []
+            for k in seeds:
+                a = res.get((arm, k, step))
+                if not a or not math.isfinite(a["train_seconds"]):
+                    continue
+                pts = [(res[(BASELINE, k, s)]["train_seconds"], res[(BASELINE, k, s)]["fid"])
+                       for s in base_steps if (BASELINE, k, s) in res]
+                b_same = res.get((BASELINE, k, step))
+                times.append(a["train_seconds"])
+                if b_same:
+                    rel.append(a["train_seconds"] / b_same["train_seconds"])
+                fid_b = interp_time(pts, a["train_seconds"])
+                if math.isfinite(fid_b):
+                    used.append(k)
+                    diffs.append(a["fid"] - fid_b)
+            if not times:
                 continue
-            pts = [(res[(BASELINE, k, s)]["train_seconds"], res[(BASELINE, k, s)]["fid"])
-                   for s in base_steps if (BASELINE, k, s) in res]
-            b_same = res.get((BASELINE, k, last))
-            times.append(a["train_seconds"])
-            if b_same:
-                rel.append(a["train_seconds"] / b_same["train_seconds"])
-            fid_b = interp_time(pts, a["train_seconds"])
-            if math.isfinite(fid_b):
-                used.append(k)
-                diffs.append(a["fid"] - fid_b)
-        if not times:
-            lines.append(f"| {arm} | timing missing | | | | |")
-            continue
-        mean, lo, hi = t_interval(diffs)
-        per = ", ".join(f"{signed(d)} (s{k})" for k, d in zip(used, diffs, strict=True)) or \
-            "baseline not trained long enough, or its timing is missing"
-        time_ratio = fmt(float(np.mean(rel)) if rel else math.nan, 3)
-        lines.append(f"| {arm} | {np.mean(times):.0f} | {time_ratio}"
-                     f" | {per} | {signed(mean)} [{signed(lo)}, {signed(hi)}] | "
-                     f"{sum(d < 0 for d in diffs)}/{len(diffs)} |")
+            mean, lo, hi = t_interval(diffs)
+            per = ", ".join(f"{signed(d)} (s{k})" for k, d in zip(used, diffs, strict=True)) \
+                or "baseline not trained long enough, or its timing is missing"
+            time_ratio = fmt(float(np.mean(rel)) if rel else math.nan, 3)
+            lines.append(f"| {step} | {arm} | {np.mean(times):.0f} | {time_ratio}"
+                         f" | {per} | {signed(mean)} [{signed(lo)}, {signed(hi)}] | "
+                         f"{sum(d < 0 for d in diffs)}/{len(diffs)} |")
     lines += ["", "Wall time is measured on whatever the machine was doing: the arms run one "
               "after another, so load changes show up here (each result JSON records the load "
               "average, and newer ones the torch threads and device).", ""]
