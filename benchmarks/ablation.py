@@ -454,8 +454,18 @@ def run_one(p: Protocol, arm: str, arm_kwargs: dict[str, Any] | None, seed: int,
 
 # ------------------------------------------------------------------------------------- report
 def finite_summary(values: list[float]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation and count of the finite values (missing results are
-    NaN): NaN mean with none, NaN s.d. with fewer than two."""
+    """Mean, sample standard deviation and count of the finite values.
+
+    Parameters
+    ----------
+    values : list of float or None
+        Missing results may be NaN or None; they are left out of all three.
+
+    Returns
+    -------
+    mean, sd, n : float, float, int
+        NaN mean with no finite value, NaN s.d. with fewer than two.
+    """
     finite = [float(v) for v in values if v is not None and math.isfinite(v)]
     mean = float(np.mean(finite)) if finite else math.nan
     sd = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
@@ -646,6 +656,7 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
               "| step | arm | train s (mean) | time / baseline's at equal steps | differences per "
               "seed | mean [95 % CI] | in favour |", "|---|---|---|---|---|---|---|"]
     for arm in others:
+        timed = False
         for step in steps:
             used, diffs, times, rel = [], [], [], []
             for k in seeds:
@@ -664,6 +675,7 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
                     diffs.append(a["fid"] - fid_b)
             if not times:
                 continue
+            timed = True
             mean, lo, hi = t_interval(diffs)
             per = ", ".join(f"{signed(d)} (s{k})" for k, d in zip(used, diffs, strict=True)) \
                 or "baseline not trained long enough, or its timing is missing"
@@ -671,6 +683,8 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
             lines.append(f"| {step} | {arm} | {np.mean(times):.0f} | {time_ratio}"
                          f" | {per} | {signed(mean)} [{signed(lo)}, {signed(hi)}] | "
                          f"{sum(d < 0 for d in diffs)}/{len(diffs)} |")
+        if not timed:
+            lines.append(f"| | {arm} | timing missing | | | | |")
     lines += ["", "Wall time is measured on whatever the machine was doing: the arms run one "
               "after another, so load changes show up here (each result JSON records the load "
               "average, and newer ones the torch threads and device).", ""]

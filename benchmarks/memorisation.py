@@ -51,17 +51,27 @@ def nearest_distances(queries: torch.Tensor, reference: torch.Tensor,
     ----------
     queries : torch.Tensor of shape (N, D)
     reference : torch.Tensor of shape (M, D)
-    exclude_self : bool
-        ``queries`` is ``reference`` and row ``i``'s own distance (0) is left out:
-        leave-one-out nearest neighbours.
+    exclude_self : bool, default False
+        ``queries`` is ``reference`` (same shape, row ``i`` the same point) and row ``i``'s
+        distance to itself is left out: leave-one-out nearest neighbours.
+    chunk : int, default 512
+        Queries per distance matrix (memory ``chunk * M`` float64).
 
     Returns
     -------
     numpy.ndarray of shape (N,)
     """
+    if queries.ndim != 2 or reference.ndim != 2 or queries.shape[1] != reference.shape[1]:
+        raise ValueError(f"queries (N, D) and reference (M, D) needed; got "
+                         f"{tuple(queries.shape)} and {tuple(reference.shape)}")
+    if queries.shape[0] == 0 or reference.shape[0] < (2 if exclude_self else 1):
+        raise ValueError("no queries, or no reference point to compare them with")
+    if exclude_self and queries.shape != reference.shape:
+        raise ValueError("exclude_self needs the queries to be the reference set itself")
+    ref = reference.double()
     out = []
     for start in range(0, queries.shape[0], chunk):
-        d = torch.cdist(queries[start : start + chunk].double(), reference.double())
+        d = torch.cdist(queries[start : start + chunk].double(), ref)
         if exclude_self:
             rows = torch.arange(d.shape[0])
             d[rows, rows + start] = float("inf")
@@ -73,10 +83,24 @@ def memorisation(samples: torch.Tensor, train: torch.Tensor, quantile: float = 0
                  ) -> dict[str, float]:
     """Nearest-neighbour statistics of samples against the training set.
 
-    Returns the median distance from a sample to its nearest training image
-    (``sample_nn_median``), the median leave-one-out nearest-neighbour distance among training
-    images (``train_nn_median``), the ``quantile`` of the latter (``train_nn_quantile``) and the
-    share of samples nearer to a training image than it (``share_below_quantile``).
+    Parameters
+    ----------
+    samples : torch.Tensor of shape (N, ...)
+        Generated images (flattened to rows).
+    train : torch.Tensor of shape (M, ...)
+        Training images, of the same shape per image.
+    quantile : float, default 0.01
+        Level of the training leave-one-out distance a sample is compared with.
+
+    Returns
+    -------
+    dict
+        ``sample_nn_median``: median distance from a sample to its nearest training image;
+        ``train_nn_median``: median leave-one-out nearest-neighbour distance among training
+        images; ``quantile`` and ``train_nn_quantile``, the ``quantile`` of the latter;
+        ``share_below_quantile``: the share of samples nearer a training image than that;
+        ``train_duplicates``: the share of training images with an exact duplicate (when it
+        reaches ``quantile`` the quantile is 0 and the share says nothing).
     """
     x = samples.flatten(1).cpu()
     y = train.flatten(1).cpu()
@@ -86,7 +110,8 @@ def memorisation(samples: torch.Tensor, train: torch.Tensor, quantile: float = 0
     return {"sample_nn_median": float(np.median(d_sample)),
             "train_nn_median": float(np.median(d_train)),
             "quantile": quantile, "train_nn_quantile": q,
-            "share_below_quantile": float(np.mean(d_sample < q))}
+            "share_below_quantile": float(np.mean(d_sample < q)),
+            "train_duplicates": float(np.mean(d_train == 0.0))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,7 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     step = latest_step(ckpt) if ckpt.is_dir() else 0
     if step == 0:
         raise SystemExit(f"no checkpoint under {ckpt}")
-    n = args.n_samples or p.n_samples
+    n = p.n_samples if args.n_samples is None else args.n_samples
+    if n < 1:
+        ap.error("--n-samples must be positive")
     sample_seed = p.sample_seed if args.sample_seed is None else args.sample_seed
 
     images, _ = load_data(p.dataset, p.size)
@@ -137,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  samples nearer a training image than the closest {args.quantile:.0%} of training "
           f"images are to another ({result['train_nn_quantile']:.3f}): "
           f"{result['share_below_quantile']:.1%}")
+    if result["train_duplicates"] >= args.quantile:
+        print(f"  warning: {result['train_duplicates']:.1%} of the training images have an exact "
+              "duplicate, so that quantile is 0 and the share above says nothing")
 
 
 if __name__ == "__main__":

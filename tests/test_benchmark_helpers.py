@@ -26,13 +26,18 @@ def test_nearest_distances_match_brute_force():
     np.testing.assert_allclose(
         nearest_distances(r, r, exclude_self=True, chunk=5), self_d.min(1).values.numpy()
     )
+    with pytest.raises(ValueError, match="exclude_self"):
+        nearest_distances(r[:10], r, exclude_self=True)
+    with pytest.raises(ValueError, match="no queries"):
+        nearest_distances(r[:0], r)
 
 
 def test_memorisation_tells_copies_from_new_samples():
     g = torch.Generator().manual_seed(1)
     train = torch.rand(200, 1, 4, 4, generator=g) * 2 - 1
     copies = memorisation(train[torch.randint(0, 200, (100,), generator=g)], train)
-    assert copies["sample_nn_median"] == 0.0
+    assert copies["sample_nn_median"] < 1e-6
+    assert copies["train_duplicates"] == 0.0
     assert copies["share_below_quantile"] == 1.0
     fresh = memorisation(torch.rand(100, 1, 4, 4, generator=g) * 2 - 1, train)
     assert fresh["share_below_quantile"] < 0.2

@@ -243,7 +243,11 @@ def test_class_labels_validation():
     big = [0, 10**15, 10**15]
     assert class_total_variation(big, [10**15, 0, 0]) == pytest.approx(1 / 3)
     np.testing.assert_allclose(class_balance_weights(big, [0, 10**15]), [0.5, 0.25, 0.25])
-    # n_classes bounds the indices and adds empty classes
+    # the largest int64 index is accepted, past it (uint64) is refused rather than wrapped
+    assert class_total_variation(np.array([0, 2**63 - 1]), [0, 2**63 - 1]) == 0.0
+    with pytest.raises(ValueError, match="too large"):
+        class_total_variation(np.array([0, 2**63], np.uint64), [0, 1])
+    # n_classes bounds the indices (classes occurring in neither set change nothing)
     assert class_total_variation([0, 1], [0, 1], n_classes=5) == 0.0
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         class_total_variation([0, 2], [0, 1], n_classes=2)

@@ -267,7 +267,7 @@ def _as_labels(name: str, labels: Any, n: int | None, n_classes: int | None) -> 
         raise ValueError(
             f"{name} must hold class indices in [0, {n_classes}); got maximum {high}"
         )
-    if high > np.iinfo(np.int64).max // 2:
+    if high >= 2**63:  # exact for integer dtypes; floats from 2.0**63 on do not fit either
         raise ValueError(f"{name} holds a class index too large for int64: {high}")
     return arr.astype(np.int64)
 
