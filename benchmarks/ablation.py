@@ -375,6 +375,20 @@ def result_path(out: Path, arm: str, seed: int, step: int) -> Path:
     return out / "results" / slug(arm) / f"seed{seed}" / f"step{step:07d}.json"
 
 
+def restore(p: Protocol, arm_kwargs: dict[str, Any] | None, seed: int, ckpt_dir: Path,
+            images: torch.Tensor, device: str) -> tuple[ConPreDiffModel | None, int]:
+    """The model of a run at its newest checkpoint in ``ckpt_dir`` (trained 0 further steps),
+    and that step; ``(None, 0)`` when there is no checkpoint."""
+    step = latest_step(ckpt_dir) if ckpt_dir.is_dir() else 0
+    if step == 0:
+        return None, 0
+    model = make_model(p, arm_kwargs, seed, step, ckpt_dir, step, device, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(images, resume="latest")  # restores the checkpoint, trains 0 steps
+    return model, step
+
+
 def latest_step(ckpt_dir: Path) -> int:
     found = list_checkpoints(ckpt_dir)
     return int(found[-1].name.split("-")[1].split(".")[0]) if found else 0
@@ -655,6 +669,8 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
               "cumulative training time, interpolated per seed between its evaluations)", "",
               "| step | arm | train s (mean) | time / baseline's at equal steps | differences per "
               "seed | mean [95 % CI] | in favour |", "|---|---|---|---|---|---|---|"]
+    base_points = {k: [(res[(BASELINE, k, s)]["train_seconds"], res[(BASELINE, k, s)]["fid"])
+                       for s in base_steps if (BASELINE, k, s) in res] for k in seeds}
     for arm in others:
         timed = False
         for step in steps:
@@ -663,13 +679,11 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
                 a = res.get((arm, k, step))
                 if not a or not math.isfinite(a["train_seconds"]):
                     continue
-                pts = [(res[(BASELINE, k, s)]["train_seconds"], res[(BASELINE, k, s)]["fid"])
-                       for s in base_steps if (BASELINE, k, s) in res]
                 b_same = res.get((BASELINE, k, step))
                 times.append(a["train_seconds"])
                 if b_same:
                     rel.append(a["train_seconds"] / b_same["train_seconds"])
-                fid_b = interp_time(pts, a["train_seconds"])
+                fid_b = interp_time(base_points[k], a["train_seconds"])
                 if math.isfinite(fid_b):
                     used.append(k)
                     diffs.append(a["fid"] - fid_b)

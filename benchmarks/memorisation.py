@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation import (  # noqa: E402
     arm_catalogue,
     atomic_json,
-    latest_step,
     load_data,
     load_protocol,
     machine,
-    make_model,
+    restore,
     slug,
 )
 
@@ -132,20 +130,16 @@ def main(argv: list[str] | None = None) -> None:
     catalogue = arm_catalogue(p.timesteps)
     if args.arm not in catalogue:
         ap.error(f"unknown arm {args.arm!r}; see ablation.py --list-arms")
-    ckpt = out / "checkpoints" / slug(args.arm) / f"seed{args.seed}"
-    step = latest_step(ckpt) if ckpt.is_dir() else 0
-    if step == 0:
-        raise SystemExit(f"no checkpoint under {ckpt}")
     n = p.n_samples if args.n_samples is None else args.n_samples
     if n < 1:
         ap.error("--n-samples must be positive")
     sample_seed = p.sample_seed if args.sample_seed is None else args.sample_seed
 
     images, _ = load_data(p.dataset, p.size)
-    model = make_model(p, catalogue[args.arm], args.seed, step, ckpt, step, args.device, 0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.fit(images, resume="latest")  # restores the checkpoint, trains 0 steps
+    ckpt = out / "checkpoints" / slug(args.arm) / f"seed{args.seed}"
+    model, step = restore(p, catalogue[args.arm], args.seed, ckpt, images, args.device)
+    if model is None:
+        raise SystemExit(f"no checkpoint under {ckpt}")
     t0 = time.perf_counter()
     samples = model.sample(n, steps=p.sample_steps, seed=sample_seed)
     result = {"arm": args.arm, "seed": args.seed, "step": step, "n_samples": n,

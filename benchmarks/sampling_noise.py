@@ -24,7 +24,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ from ablation import (  # noqa: E402
     load_protocol,
     machine,
     make_extractor,
-    make_model,
+    restore,
     sample_sd,
     signed,
     slug,
@@ -147,10 +146,7 @@ def main(argv: list[str] | None = None) -> None:
             todo = [s for s in sample_seeds
                     if records.get(_key(arm, seed, s), {}).get("step") != step]
             if todo:
-                model = make_model(p, catalogue[arm], seed, step, seed_dir, step, args.device, 0)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model.fit(images, resume="latest")  # restores the checkpoint, trains 0 steps
+                model, _ = restore(p, catalogue[arm], seed, seed_dir, images, args.device)
                 for s in todo:
                     t0 = time.perf_counter()
                     f = evaluate.features(model.sample(p.n_samples, steps=p.sample_steps, seed=s))
