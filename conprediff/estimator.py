@@ -441,7 +441,10 @@ class ConPreDiffModel(BaseEstimator):
             first = check_images(data, "data")
         else:
             try:
-                first = check_images(split_batch(next(iter(loader)))[0], "data")
+                # creating an iterator draws the loader's base seed (and a user sampler may
+                # shuffle) from the global generator: peek without touching the caller's state
+                with torch.random.fork_rng(devices=[]):
+                    first = check_images(split_batch(next(iter(loader)))[0], "data")
             except StopIteration:
                 raise ValueError("data is empty: it yielded no batch") from None
             except RuntimeError as err:  # default_collate on images of different sizes

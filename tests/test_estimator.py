@@ -293,6 +293,16 @@ def test_fit_leaves_the_global_rng_alone_and_seeds_dropout(images):
         assert torch.equal(p, q)
 
 
+def test_fit_on_a_dataloader_leaves_the_global_rng_alone(images):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(images), batch_size=8, shuffle=True)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    tiny().fit(loader)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_data_range_tolerates_resize_overshoot():
     from conprediff.training.data import infer_data_range
 

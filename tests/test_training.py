@@ -254,3 +254,17 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
         make_model(str(tmp_path), context("gaussian")).fit(data(), resume="latest")
     with pytest.raises(ValueError, match="seed=5 differs"):
         make_model(str(tmp_path), seed=5).fit(data(), resume="latest")
+
+
+def test_grad_scaler_falls_back_before_torch_2_3(monkeypatch):
+    import warnings
+
+    from conprediff.training.loop import grad_scaler
+
+    cpu = torch.device("cpu")
+    assert isinstance(grad_scaler(cpu, enabled=False), torch.amp.GradScaler)
+    monkeypatch.delattr(torch.amp, "GradScaler")  # as in torch 2.2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.cuda.amp is deprecated later
+        scaler = grad_scaler(cpu, enabled=True)
+    assert not scaler.is_enabled()  # the CUDA-only scaler: off on the CPU

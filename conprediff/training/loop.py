@@ -35,6 +35,13 @@ from .ema import EMA
 __all__ = ["DiffusionObjective", "TrainConfig", "Trainer", "lr_factor"]
 
 
+def grad_scaler(device: torch.device, enabled: bool) -> Any:
+    """``torch.amp.GradScaler`` for ``device`` (torch >= 2.3), or the CUDA-only one before it."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled and device.type == "cuda")
+
+
 class DiffusionObjective(nn.Module):
     """Backbone and optional context head as one module computing the training loss.
 
@@ -176,7 +183,7 @@ class Trainer:
             weight_decay=weight_decay,
             **({"fused": True} if device.type == "cuda" else {}),
         )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.scaler = grad_scaler(device, enabled=config.precision == "fp16")
         self.ema = EMA(objective.backbone, ema_decay) if ema_decay is not None else None
         self.state = TrainState()
 
