@@ -92,13 +92,13 @@ class ConPreDiffModel(BaseEstimator):
     ----------
     backbone : nn.Module, optional
         A denoiser following :mod:`conprediff.backbones.protocol`. ``None`` builds a
-        :class:`~conprediff.backbones.UNet` sized for the data. A backbone with ``get_params``
+        :class:`~conprediff.backbones.unet.UNet` sized for the data. A backbone with ``get_params``
         (every conprediff backbone) is rebuilt from its parameters at ``fit`` with ``seed``, as
         :func:`sklearn.base.clone` would; ``in_channels=None`` is filled in from the data. Any
         other module is deep-copied, weights included. ``fit`` never modifies the object passed.
     context : ContextPrediction, optional
-        Context prediction (:class:`~conprediff.context.ContextPrediction`); ``None`` trains the
-        plain baseline.
+        Context prediction (:class:`~conprediff.context.loss.ContextPrediction`); ``None``
+        trains the plain baseline.
     schedule : {'cosine', 'linear', 'sigmoid'}
         Noise schedule.
     timesteps : int

@@ -1,4 +1,5 @@
-"""The backbone protocol: what any denoiser must offer to plug into :class:`ConPreDiffModel`.
+"""The backbone protocol: what any denoiser must offer to plug into
+:class:`~conprediff.estimator.ConPreDiffModel`.
 
 A backbone is any :class:`torch.nn.Module` whose forward pass is
 

@@ -77,7 +77,8 @@ class UNet(ModuleParamsMixin, nn.Module):
     Parameters
     ----------
     in_channels : int or None
-        Image channels ``C``. ``None`` lets :class:`ConPreDiffModel` set it from the data.
+        Image channels ``C``. ``None`` lets :class:`~conprediff.estimator.ConPreDiffModel` set it
+        from the data.
     base_channels : int
         Channels at full resolution; also ``feature_channels``.
     channel_mults : tuple of int

@@ -773,8 +773,8 @@ def default_digits_extractor(
     ----------
     size : int, default 16
         Image side the classifier is trained at (see
-        :func:`conprediff.data.load_digits_images`); features must then be extracted from images
-        of this size.
+        :func:`conprediff.data.digits.load_digits_images`); features must then be extracted from
+        images of this size.
     cache_dir : str or os.PathLike, optional
         Cache directory; default ``$CONPREDIFF_CACHE`` or ``~/.cache/conprediff``.
     epochs, seed : int

@@ -1,4 +1,4 @@
-"""The training loop behind :meth:`ConPreDiffModel.fit`.
+"""The training loop behind :meth:`~conprediff.estimator.ConPreDiffModel.fit`.
 
 One optimisation step: for each of ``grad_accum_steps`` micro-batches, draw ``t`` and ``ε``, form
 ``x_t``, run the backbone, take the point-wise diffusion loss, add the λ_t-weighted context term
