@@ -12,8 +12,9 @@ sampled at the end of each segment.
 
 The report gives, per ConPreDiff arm and step, each paired difference (ConPreDiff - baseline FID,
 same seed), their mean with a 95 % t-interval and the fraction of pairs in ConPreDiff's favour; the
-same at equal wall-clock time (the baseline's FID interpolated at the arm's cumulative training
-time, the baseline being trained on past the last step for that purpose); precision, recall and
+same at equal wall-clock time (the baseline's FID and class-balanced FID interpolated at the
+arm's cumulative training time, the baseline being trained on past the last step for that
+purpose); precision, recall and
 KID; a markdown table and a figure (FID against steps, mean +- s.d. over seeds).
 
 Resumable: one JSON per (arm, seed, step) under ``--out``; a rerun skips the finished ones and
@@ -527,6 +528,48 @@ def interp_time(points: list[tuple[float, float]], t: float) -> float:
     return float(np.interp(t, xs, ys))
 
 
+def equal_time_rows(res: dict, arm: str, seeds: list[int], steps: list[int],
+                    base_steps: list[int], metric: str = "fid") -> list[dict[str, Any]]:
+    """The arm against the baseline at equal cumulative training time, per step.
+
+    For each step with timed results of ``arm``: the arm's ``metric`` minus the same seed's
+    baseline ``metric`` linearly interpolated at the arm's training seconds (seeds whose baseline
+    curve does not reach that time are left out), the mean training seconds and the mean per-seed
+    ratio of the arm's time to the baseline's at the same step. Steps where no seed has the
+    metric are skipped, so results written before a metric existed add no rows.
+
+    Returns
+    -------
+    list of dict
+        Keys ``step``, ``metric``, ``seconds``, ``time_ratio`` (NaN without a baseline at that
+        step), ``seeds`` and ``diffs`` (the used seeds and their differences, same order).
+    """
+    curves = {k: [(res[(BASELINE, k, s)]["train_seconds"], res[(BASELINE, k, s)][metric])
+                  for s in base_steps
+                  if (BASELINE, k, s) in res and metric in res[(BASELINE, k, s)]]
+              for k in seeds}
+    rows = []
+    for step in steps:
+        used, diffs, times, rel = [], [], [], []
+        for k in seeds:
+            a = res.get((arm, k, step))
+            if not a or metric not in a or not math.isfinite(a["train_seconds"]):
+                continue
+            times.append(a["train_seconds"])
+            b_same = res.get((BASELINE, k, step))
+            if b_same:
+                rel.append(a["train_seconds"] / b_same["train_seconds"])
+            value_b = interp_time(curves[k], a["train_seconds"])
+            if math.isfinite(value_b):
+                used.append(k)
+                diffs.append(a[metric] - value_b)
+        if times:
+            rows.append({"step": step, "metric": metric, "seconds": float(np.mean(times)),
+                         "time_ratio": float(np.mean(rel)) if rel else math.nan,
+                         "seeds": used, "diffs": diffs})
+    return rows
+
+
 def paired(res: dict, arm: str, seeds: list[int], step: int, metric: str = "fid"
            ) -> tuple[list[int], list[float], list[float]]:
     used, diffs, ratios = [], [], []
@@ -667,38 +710,24 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
     # equal wall-clock
     lines += ["## Equal wall-clock time (arm at each step against the baseline at the same "
               "cumulative training time, interpolated per seed between its evaluations)", "",
-              "| step | arm | train s (mean) | time / baseline's at equal steps | differences per "
-              "seed | mean [95 % CI] | in favour |", "|---|---|---|---|---|---|---|"]
-    base_points = {k: [(res[(BASELINE, k, s)]["train_seconds"], res[(BASELINE, k, s)]["fid"])
-                       for s in base_steps if (BASELINE, k, s) in res] for k in seeds}
+              "| step | arm | metric | train s (mean) | time / baseline's at equal steps | "
+              "differences per seed | mean [95 % CI] | in favour |",
+              "|---|---|---|---|---|---|---|---|"]
     for arm in others:
-        timed = False
-        for step in steps:
-            used, diffs, times, rel = [], [], [], []
-            for k in seeds:
-                a = res.get((arm, k, step))
-                if not a or not math.isfinite(a["train_seconds"]):
-                    continue
-                b_same = res.get((BASELINE, k, step))
-                times.append(a["train_seconds"])
-                if b_same:
-                    rel.append(a["train_seconds"] / b_same["train_seconds"])
-                fid_b = interp_time(base_points[k], a["train_seconds"])
-                if math.isfinite(fid_b):
-                    used.append(k)
-                    diffs.append(a["fid"] - fid_b)
-            if not times:
-                continue
-            timed = True
-            mean, lo, hi = t_interval(diffs)
-            per = ", ".join(f"{signed(d)} (s{k})" for k, d in zip(used, diffs, strict=True)) \
+        rows = [row for metric in ("fid", "fid_class_balanced")
+                for row in equal_time_rows(res, arm, seeds, steps, base_steps, metric)]
+        if not rows:
+            lines.append(f"| | {arm} | | timing missing | | | | |")
+        for row in sorted(rows, key=lambda r: r["step"]):
+            mean, lo, hi = t_interval(row["diffs"])
+            per = ", ".join(f"{signed(d)} (s{k})" for k, d in
+                            zip(row["seeds"], row["diffs"], strict=True)) \
                 or "baseline not trained long enough, or its timing is missing"
-            time_ratio = fmt(float(np.mean(rel)) if rel else math.nan, 3)
-            lines.append(f"| {step} | {arm} | {np.mean(times):.0f} | {time_ratio}"
-                         f" | {per} | {signed(mean)} [{signed(lo)}, {signed(hi)}] | "
-                         f"{sum(d < 0 for d in diffs)}/{len(diffs)} |")
-        if not timed:
-            lines.append(f"| | {arm} | timing missing | | | | |")
+            label = "FID" if row["metric"] == "fid" else "cbFID"
+            lines.append(f"| {row['step']} | {arm} | {label} | {row['seconds']:.0f} | "
+                         f"{fmt(row['time_ratio'], 3)} | {per} | {signed(mean)} [{signed(lo)}, "
+                         f"{signed(hi)}] | {sum(d < 0 for d in row['diffs'])}/"
+                         f"{len(row['diffs'])} |")
     lines += ["", "Wall time is measured on whatever the machine was doing: the arms run one "
               "after another, so load changes show up here (each result JSON records the load "
               "average, and newer ones the torch threads and device).", ""]

@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from ablation import Evaluator, finite_summary, read_floor  # noqa: E402
+from ablation import Evaluator, equal_time_rows, finite_summary, read_floor  # noqa: E402
 from memorisation import memorisation, nearest_distances  # noqa: E402
 
 
@@ -62,3 +62,29 @@ def test_read_floor_rejects_other_versions_and_sizes(tmp_path):
     assert read_floor(tmp_path, 2000, 5000) is None
     (tmp_path / "floor.json").write_text(json.dumps({**floor, "version": 0}))
     assert read_floor(tmp_path, 2000, 1797) is None
+
+
+def test_equal_time_rows_interpolate_the_baseline_at_the_arms_time():
+    def result(seconds, fid, cb=None):
+        r = {"train_seconds": seconds, "fid": fid}
+        if cb is not None:
+            r["fid_class_balanced"] = cb
+        return r
+
+    res = {
+        ("baseline", 0, 1000): result(100.0, 50.0, 20.0),
+        ("baseline", 0, 2000): result(200.0, 30.0, 10.0),
+        ("baseline", 1, 1000): result(100.0, 60.0),
+        ("baseline", 1, 2000): result(200.0, 40.0),
+        ("conprediff", 0, 1000): result(150.0, 35.0, 12.0),
+        ("conprediff", 1, 1000): result(250.0, 20.0),  # past the baseline's last time
+    }
+    (fid,) = equal_time_rows(res, "conprediff", [0, 1], [1000], [1000, 2000], "fid")
+    assert fid["seeds"] == [0] and fid["diffs"] == [pytest.approx(35.0 - 40.0)]
+    assert fid["time_ratio"] == pytest.approx((150 / 100 + 250 / 100) / 2)
+    assert fid["seconds"] == pytest.approx(200.0)
+    (cb,) = equal_time_rows(res, "conprediff", [0, 1], [1000], [1000, 2000],
+                            "fid_class_balanced")
+    assert cb["seeds"] == [0] and cb["diffs"] == [pytest.approx(12.0 - 15.0)]
+    # a step the arm has no result for adds no row
+    assert equal_time_rows(res, "conprediff", [0, 1], [2000], [1000, 2000], "fid") == []
