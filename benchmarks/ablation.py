@@ -753,6 +753,11 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
     path = docs / f"{stem}_results.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+    # every result record beside the report: --out (checkpoints, features) is not kept in git,
+    # and these few kilobytes are what any later analysis of this run needs
+    records = [{k: v for k, v in r.items() if k != "protocol"} for _, r in sorted(res.items())]
+    atomic_json(docs / f"{stem}_results.json",
+                {"command": command, "protocol": asdict(p), "results": records})
     return path
 
 
