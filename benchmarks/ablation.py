@@ -532,41 +532,55 @@ def equal_time_rows(res: dict, arm: str, seeds: list[int], steps: list[int],
                     base_steps: list[int], metric: str = "fid") -> list[dict[str, Any]]:
     """The arm against the baseline at equal cumulative training time, per step.
 
-    For each step with timed results of ``arm``: the arm's ``metric`` minus the same seed's
-    baseline ``metric`` linearly interpolated at the arm's training seconds (seeds whose baseline
-    curve does not reach that time are left out), the mean training seconds and the mean per-seed
-    ratio of the arm's time to the baseline's at the same step. Steps where no seed has the
-    metric are skipped, so results written before a metric existed add no rows.
+    For each step where some seed of ``arm`` has ``metric``: the arm's value minus the same
+    seed's baseline value, linearly interpolated at the arm's training seconds; the mean training
+    seconds; and the mean per-seed ratio of the arm's time to the baseline's at the same step.
+    A seed the comparison cannot use is named in ``left_out`` with the reason. Linear
+    interpolation of a falling, convex curve overstates the baseline between its evaluations,
+    which favours the arm.
 
     Returns
     -------
     list of dict
-        Keys ``step``, ``metric``, ``seconds``, ``time_ratio`` (NaN without a baseline at that
-        step), ``seeds`` and ``diffs`` (the used seeds and their differences, same order).
+        Keys ``step``, ``metric``, ``seconds``, ``time_ratio`` (NaN without a timed baseline at
+        that step), ``seeds`` and ``diffs`` (the used seeds and their differences, same order)
+        and ``left_out`` (seed -> reason).
     """
     curves = {k: [(res[(BASELINE, k, s)]["train_seconds"], res[(BASELINE, k, s)][metric])
                   for s in base_steps
-                  if (BASELINE, k, s) in res and metric in res[(BASELINE, k, s)]]
+                  if (BASELINE, k, s) in res and metric in res[(BASELINE, k, s)]
+                  and math.isfinite(res[(BASELINE, k, s)]["train_seconds"])]
               for k in seeds}
     rows = []
     for step in steps:
-        used, diffs, times, rel = [], [], [], []
+        used, diffs, times, rel, left_out = [], [], [], [], {}
         for k in seeds:
             a = res.get((arm, k, step))
-            if not a or metric not in a or not math.isfinite(a["train_seconds"]):
+            if not a or metric not in a:
+                continue
+            if not math.isfinite(a["train_seconds"]):
+                left_out[k] = "its timing is missing"
                 continue
             times.append(a["train_seconds"])
             b_same = res.get((BASELINE, k, step))
-            if b_same:
+            if b_same and math.isfinite(b_same["train_seconds"]):
                 rel.append(a["train_seconds"] / b_same["train_seconds"])
+            if not curves[k]:
+                left_out[k] = f"no timed baseline {metric}"
+                continue
             value_b = interp_time(curves[k], a["train_seconds"])
             if math.isfinite(value_b):
                 used.append(k)
                 diffs.append(a[metric] - value_b)
-        if times:
-            rows.append({"step": step, "metric": metric, "seconds": float(np.mean(times)),
+            else:
+                first, last = min(curves[k])[0], max(curves[k])[0]
+                left_out[k] = (f"{a['train_seconds']:.0f} s is outside the baseline's "
+                               f"{first:.0f}-{last:.0f} s")
+        if times or left_out:
+            rows.append({"step": step, "metric": metric,
+                         "seconds": float(np.mean(times)) if times else math.nan,
                          "time_ratio": float(np.mean(rel)) if rel else math.nan,
-                         "seeds": used, "diffs": diffs})
+                         "seeds": used, "diffs": diffs, "left_out": left_out})
     return rows
 
 
@@ -720,11 +734,11 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
             lines.append(f"| | {arm} | | timing missing | | | | |")
         for row in sorted(rows, key=lambda r: r["step"]):
             mean, lo, hi = t_interval(row["diffs"])
-            per = ", ".join(f"{signed(d)} (s{k})" for k, d in
-                            zip(row["seeds"], row["diffs"], strict=True)) \
-                or "baseline not trained long enough, or its timing is missing"
+            per = ", ".join(
+                [f"{signed(d)} (s{k})" for k, d in zip(row["seeds"], row["diffs"], strict=True)]
+                + [f"s{k} left out: {why}" for k, why in row["left_out"].items()])
             label = "FID" if row["metric"] == "fid" else "cbFID"
-            lines.append(f"| {row['step']} | {arm} | {label} | {row['seconds']:.0f} | "
+            lines.append(f"| {row['step']} | {arm} | {label} | {fmt(row['seconds'], 0)} | "
                          f"{fmt(row['time_ratio'], 3)} | {per} | {signed(mean)} [{signed(lo)}, "
                          f"{signed(hi)}] | {sum(d < 0 for d in row['diffs'])}/"
                          f"{len(row['diffs'])} |")
@@ -753,12 +767,42 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
     path = docs / f"{stem}_results.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
-    # every result record beside the report: --out (checkpoints, features) is not kept in git,
-    # and these few kilobytes are what any later analysis of this run needs
-    records = [{k: v for k, v in r.items() if k != "protocol"} for _, r in sorted(res.items())]
-    atomic_json(docs / f"{stem}_results.json",
-                {"command": command, "protocol": asdict(p), "results": records})
+    archive_results(docs / f"{stem}_results.json", res, command, p, accuracy, read_floor(out))
     return path
+
+
+def archive_results(path: Path, res: dict, command: str, p: Protocol,
+                    accuracy: float | None, floor: dict | None) -> int:
+    """Write every result record (without its protocol copy) to ``path`` as JSON.
+
+    ``--out`` (checkpoints, features) is not kept in git; this file, committed beside the
+    report, is what a later analysis of the run needs. Records already in the file that ``res``
+    lacks are kept (``res`` wins where both have one), and so are the classifier's accuracy and
+    the floor when not given, so a report rewritten from a folder that lost results does not lose
+    them here; NaN is written as null. Returns the number of records.
+    """
+    def key(r: dict) -> tuple[str, int, int]:
+        return (r["arm"], r["seed"], r["step"])
+
+    def finite(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [finite(x) for x in v]
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    merged: dict[tuple[str, int, int], dict] = {}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        merged = {key(r): r for r in old.get("results", [])}
+        accuracy = old.get("classifier_test_accuracy") if accuracy is None else accuracy
+        floor = old.get("floor") if floor is None else floor
+    for r in res.values():
+        merged[key(r)] = finite({k: v for k, v in r.items() if k != "protocol"})
+    atomic_json(path, finite({"command": command, "protocol": asdict(p),
+                              "classifier_test_accuracy": accuracy, "floor": floor,
+                              "results": [merged[k] for k in sorted(merged)]}))
+    return len(merged)
 
 
 def report_stem(out: Path, p: Protocol, quick: bool) -> str:

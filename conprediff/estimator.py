@@ -442,7 +442,9 @@ class ConPreDiffModel(BaseEstimator):
         else:
             try:
                 # creating an iterator draws the loader's base seed (and a user sampler may
-                # shuffle) from the global generator: peek without touching the caller's state
+                # shuffle) from the global generator: peek without touching it. A loader with
+                # its own generator= still advances that generator here, and persistent workers
+                # started by the peek keep the seeds it gave them.
                 with torch.random.fork_rng(devices=[]):
                     first = check_images(split_batch(next(iter(loader)))[0], "data")
             except StopIteration:

@@ -13,7 +13,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from ablation import Evaluator, equal_time_rows, finite_summary, read_floor  # noqa: E402
+from ablation import (  # noqa: E402
+    Evaluator,
+    Protocol,
+    archive_results,
+    equal_time_rows,
+    finite_summary,
+    read_floor,
+)
 from memorisation import memorisation, nearest_distances  # noqa: E402
 
 
@@ -71,20 +78,69 @@ def test_equal_time_rows_interpolate_the_baseline_at_the_arms_time():
             r["fid_class_balanced"] = cb
         return r
 
+    nan = float("nan")
     res = {
         ("baseline", 0, 1000): result(100.0, 50.0, 20.0),
         ("baseline", 0, 2000): result(200.0, 30.0, 10.0),
-        ("baseline", 1, 1000): result(100.0, 60.0),
-        ("baseline", 1, 2000): result(200.0, 40.0),
+        ("baseline", 1, 1000): result(100.0, 60.0, 30.0),
+        ("baseline", 1, 2000): result(200.0, 40.0, 20.0),
+        ("baseline", 2, 1000): result(100.0, 60.0),  # written before cbFID existed
+        ("baseline", 2, 2000): result(200.0, 40.0),
+        ("baseline", 3, 1000): result(nan, 60.0),  # timing lost
         ("conprediff", 0, 1000): result(150.0, 35.0, 12.0),
-        ("conprediff", 1, 1000): result(250.0, 20.0),  # past the baseline's last time
+        ("conprediff", 1, 1000): result(250.0, 20.0, 5.0),  # past the baseline's last time
+        ("conprediff", 2, 1000): result(120.0, 50.0, 25.0),
+        ("conprediff", 3, 1000): result(130.0, 55.0),
+        ("conprediff", 4, 1000): result(nan, 55.0),
     }
-    (fid,) = equal_time_rows(res, "conprediff", [0, 1], [1000], [1000, 2000], "fid")
-    assert fid["seeds"] == [0] and fid["diffs"] == [pytest.approx(35.0 - 40.0)]
-    assert fid["time_ratio"] == pytest.approx((150 / 100 + 250 / 100) / 2)
-    assert fid["seconds"] == pytest.approx(200.0)
-    (cb,) = equal_time_rows(res, "conprediff", [0, 1], [1000], [1000, 2000],
+    seeds = [0, 1, 2, 3, 4]
+    (fid,) = equal_time_rows(res, "conprediff", seeds, [1000], [1000, 2000], "fid")
+    # seed 0: baseline at 150 s is halfway between 50 and 30; seed 2: 60 - 0.2 * 20 = 56
+    assert fid["seeds"] == [0, 2]
+    assert fid["diffs"] == [pytest.approx(35.0 - 40.0), pytest.approx(50.0 - 56.0)]
+    assert set(fid["left_out"]) == {1, 3, 4}
+    assert "outside" in fid["left_out"][1] and "timing" in fid["left_out"][4]
+    # the time ratio and mean time skip what is not timed (seed 3's baseline, seed 4)
+    assert fid["time_ratio"] == pytest.approx((1.5 + 2.5 + 1.2) / 3)
+    assert fid["seconds"] == pytest.approx((150 + 250 + 120 + 130) / 4)
+
+    (cb,) = equal_time_rows(res, "conprediff", seeds, [1000], [1000, 2000],
                             "fid_class_balanced")
+    # only seeds with the metric count: 0 and 1 have it on both sides, 2 only in the arm
     assert cb["seeds"] == [0] and cb["diffs"] == [pytest.approx(12.0 - 15.0)]
+    assert set(cb["left_out"]) == {1, 2}
+    assert "no timed baseline" in cb["left_out"][2]
+    assert cb["seconds"] == pytest.approx((150 + 250 + 120) / 3)
+    assert cb["time_ratio"] == pytest.approx((1.5 + 2.5 + 1.2) / 3)
     # a step the arm has no result for adds no row
-    assert equal_time_rows(res, "conprediff", [0, 1], [2000], [1000, 2000], "fid") == []
+    assert equal_time_rows(res, "conprediff", seeds, [2000], [1000, 2000], "fid") == []
+
+
+def test_archive_results_keeps_what_a_later_report_lacks(tmp_path):
+    p = Protocol(dataset="digits", size=16, base_channels=8, channel_mults=(1, 2), batch_size=8,
+                 lr=1e-3, lr_warmup_steps=0, grad_clip=1.0, ema_decay=0.9, timesteps=10,
+                 n_samples=16, sample_steps=2, sample_seed=0, classifier_epochs=1,
+                 kid_subset_size=16)
+
+    def result(arm, seed, fid, seconds=1.0):
+        return {"arm": arm, "seed": seed, "step": 10, "fid": fid, "train_seconds": seconds,
+                "protocol": {"dropped": True}}
+
+    path = tmp_path / "ablation_x_results.json"
+    first = {("baseline", 0, 10): result("baseline", 0, 5.0, float("nan")),
+             ("conprediff", 0, 10): result("conprediff", 0, 4.0)}
+    assert archive_results(path, first, "run 1", p, 0.99, {"fid": float("inf")}) == 2
+    # a later report from a folder that lost the baseline's result, with a new conprediff value
+    later = {("conprediff", 0, 10): result("conprediff", 0, 3.0)}
+    assert archive_results(path, later, "run 2", p, None, None) == 2
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    saved = json.loads(path.read_text(), parse_constant=refuse)
+    assert saved["command"] == "run 2" and saved["protocol"]["dataset"] == "digits"
+    assert saved["classifier_test_accuracy"] == 0.99 and saved["floor"] == {"fid": None}
+    by_arm = {r["arm"]: r for r in saved["results"]}
+    assert by_arm["baseline"]["fid"] == 5.0 and by_arm["baseline"]["train_seconds"] is None
+    assert by_arm["conprediff"]["fid"] == 3.0
+    assert all("protocol" not in r for r in saved["results"])
