@@ -805,6 +805,38 @@ def archive_results(path: Path, res: dict, command: str, p: Protocol,
     return len(merged)
 
 
+def restore_archive(path: Path, out: Path) -> int:
+    """Write the results of an archive (:func:`archive_results`) that ``out`` lacks into ``out``.
+
+    Also writes ``protocol.json``, ``classifier.json`` and ``floor.json`` where missing; refuses
+    an ``out`` whose protocol differs from the archive's. Sample features are not archived, so
+    restored results cannot be backfilled with new metrics; a run continued from them retrains
+    from scratch where the checkpoints are gone (the same seed gives the same run). Returns the
+    number of result files written.
+    """
+    archive = json.loads(Path(path).read_text())
+    proto_path = out / "protocol.json"
+    if proto_path.is_file() and json.loads(proto_path.read_text()) != archive["protocol"]:
+        raise SystemExit(f"{out} holds results of another protocol than {path}")
+    if not proto_path.is_file():
+        atomic_json(proto_path, archive["protocol"])
+    if not (out / "classifier.json").is_file() and archive.get("classifier_test_accuracy"):
+        atomic_json(out / "classifier.json",
+                    {"test_accuracy": archive["classifier_test_accuracy"], "cache": None})
+    if not (out / "floor.json").is_file() and archive.get("floor"):
+        atomic_json(out / "floor.json", archive["floor"])
+    n = 0
+    for r in archive["results"]:
+        target = result_path(out, r["arm"], r["seed"], r["step"])
+        if target.is_file():
+            continue
+        seconds = r.get("train_seconds")
+        atomic_json(target, {**r, "protocol": archive["protocol"],
+                             "train_seconds": math.nan if seconds is None else seconds})
+        n += 1
+    return n
+
+
 def report_stem(out: Path, p: Protocol, quick: bool) -> str:
     """File-name stem of the report: ``ablation_<dataset>`` when ``--out`` is named after the
     data set; else ``ablation_<out folder name>`` when that name holds the data set's
@@ -1042,6 +1074,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="training steps timed per arm by --estimate")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the table and figure from the results on disk")
+    ap.add_argument("--restore-archive", type=Path, default=None, metavar="JSON",
+                    help="first write the results of a report's archive (docs/benchmarks/"
+                         "ablation_<name>_results.json) that --out lacks into --out, e.g. after "
+                         "outputs/ was lost; then run or report as usual")
     args = ap.parse_args(argv)
     args.steps_given = args.steps is not None
     if args.quick:
@@ -1075,6 +1111,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     out: Path = args.out
     proto_path = out / "protocol.json"
+    if args.restore_archive is not None:
+        n = restore_archive(args.restore_archive, out)
+        print(f"restored {n} results from {args.restore_archive} into {out}")
     if args.report_only and proto_path.is_file():
         # the report describes what is on disk, whatever the flags say about the protocol
         p = load_protocol(out)

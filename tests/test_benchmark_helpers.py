@@ -19,7 +19,9 @@ from ablation import (  # noqa: E402
     archive_results,
     equal_time_rows,
     finite_summary,
+    load_results,
     read_floor,
+    restore_archive,
 )
 from memorisation import memorisation, nearest_distances  # noqa: E402
 
@@ -116,11 +118,16 @@ def test_equal_time_rows_interpolate_the_baseline_at_the_arms_time():
     assert equal_time_rows(res, "conprediff", seeds, [2000], [1000, 2000], "fid") == []
 
 
+def tiny_protocol(**changes) -> Protocol:
+    kwargs = dict(dataset="digits", size=16, base_channels=8, channel_mults=(1, 2),
+                  batch_size=8, lr=1e-3, lr_warmup_steps=0, grad_clip=1.0, ema_decay=0.9,
+                  timesteps=10, n_samples=16, sample_steps=2, sample_seed=0,
+                  classifier_epochs=1, kid_subset_size=16)
+    return Protocol(**{**kwargs, **changes})
+
+
 def test_archive_results_keeps_what_a_later_report_lacks(tmp_path):
-    p = Protocol(dataset="digits", size=16, base_channels=8, channel_mults=(1, 2), batch_size=8,
-                 lr=1e-3, lr_warmup_steps=0, grad_clip=1.0, ema_decay=0.9, timesteps=10,
-                 n_samples=16, sample_steps=2, sample_seed=0, classifier_epochs=1,
-                 kid_subset_size=16)
+    p = tiny_protocol()
 
     def result(arm, seed, fid, seconds=1.0):
         return {"arm": arm, "seed": seed, "step": 10, "fid": fid, "train_seconds": seconds,
@@ -144,3 +151,28 @@ def test_archive_results_keeps_what_a_later_report_lacks(tmp_path):
     assert by_arm["baseline"]["fid"] == 5.0 and by_arm["baseline"]["train_seconds"] is None
     assert by_arm["conprediff"]["fid"] == 3.0
     assert all("protocol" not in r for r in saved["results"])
+
+
+def test_restore_archive_brings_back_the_results_a_report_needs(tmp_path):
+    p = tiny_protocol()
+    res = {(arm, seed, 10): {"arm": arm, "seed": seed, "step": 10, "config": arm, "fid": 1.0 + seed,
+                             "train_seconds": float("nan") if seed else 3.0}
+           for arm in ("baseline", "conprediff") for seed in (0, 1)}
+    archive = tmp_path / "ablation_x_results.json"
+    archive_results(archive, res, "run", p, 0.98, {"version": 2, "fid": 1.5})
+    out = tmp_path / "out"
+    assert restore_archive(archive, out) == 4
+    restored = load_results(out)
+    assert set(restored) == set(res)
+    assert restored[("conprediff", 1, 10)]["fid"] == 2.0
+    assert restored[("baseline", 0, 10)]["train_seconds"] == 3.0
+    assert math.isnan(restored[("baseline", 1, 10)]["train_seconds"])  # null back to NaN
+    assert json.loads((out / "classifier.json").read_text())["test_accuracy"] == 0.98
+    assert json.loads((out / "floor.json").read_text())["fid"] == 1.5
+    assert restore_archive(archive, out) == 0  # what is there is kept
+    # another protocol in --out is refused
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "protocol.json").write_text(json.dumps({"dataset": "mnist"}))
+    with pytest.raises(SystemExit, match="another protocol"):
+        restore_archive(archive, other)
