@@ -798,7 +798,7 @@ def archive_results(path: Path, res: dict, command: str, p: Protocol,
         accuracy = old.get("classifier_test_accuracy") if accuracy is None else accuracy
         floor = old.get("floor") if floor is None else floor
     for r in res.values():
-        merged[key(r)] = finite({k: v for k, v in r.items() if k != "protocol"})
+        merged[key(r)] = {k: v for k, v in r.items() if k != "protocol"}
     atomic_json(path, finite({"command": command, "protocol": asdict(p),
                               "classifier_test_accuracy": accuracy, "floor": floor,
                               "results": [merged[k] for k in sorted(merged)]}))
