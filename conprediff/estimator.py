@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -27,6 +27,7 @@ from .training.data import (
     BatchStream,
     as_loader,
     check_images,
+    check_in_range,
     from_unit,
     infer_data_range,
     split_batch,
@@ -64,6 +65,29 @@ def _random_seed(dist_info: distributed.DistInfo) -> int:
         dist.broadcast_object_list(box, src=0)
         seed = int(box[0])
     return seed
+
+
+def _int_arg(value: Any, name: str, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an ``int`` (any integral type, not bool) in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
+    return int(value)
+
+
+def _seed_arg(seed: Any) -> int | None:
+    """A sampling seed: None or an integer torch accepts (``[-2**63, 2**64)``)."""
+    return None if seed is None else _int_arg(seed, "seed", -(2**63), 2**64 - 1)
+
+
+def _warn_labels_unused() -> None:
+    warnings.warn(
+        "labels are not used yet: class-conditional training is not implemented, so the "
+        "backbone is trained unconditionally (cond=None)",
+        stacklevel=3,
+    )
 
 
 def _default_backbone(channels: int, height: int, width: int) -> UNet:
@@ -142,13 +166,15 @@ class ConPreDiffModel(BaseEstimator):
     checkpoint_dir : str or Path, optional
         Folder for training checkpoints (safetensors, written atomically by rank 0).
     checkpoint_every : int, optional
-        Steps between checkpoints; ``None`` writes none.
+        Steps between checkpoints, and one more at the last step when it is not a multiple;
+        ``None`` writes none.
     keep_checkpoints : int
         How many of the newest checkpoints to keep.
     data_range : 'auto' or tuple of float
         Range ``(lo, hi)`` of the data, mapped onto ``[-1, 1]`` for training; samples come back in
         it. ``'auto'`` takes the smallest of ``[0, 1]``, ``[-1, 1]``, ``[0, 255]`` holding the data
-        (the whole tensor, or a DataLoader's first batch), else the data's own min and max.
+        (the whole tensor, or a DataLoader's first batch), else the data's own min and max. A
+        given range must hold that data (up to 2 % of its width), else ``fit`` raises.
     device : str
         ``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
     seed : int, optional
@@ -177,6 +203,9 @@ class ConPreDiffModel(BaseEstimator):
     device_ : torch.device
     seed_ : int
         The seed used (drawn at random when ``seed=None``; stored in checkpoints).
+    context_ : ContextPrediction or None
+        A copy of ``context`` as it was at ``fit`` (what :meth:`save` writes, so a file stays
+        loadable after ``set_params(context__...)``).
     timesteps_, schedule_, prediction_
         What the model was trained with; ``sample`` and ``inpaint`` use these, not parameters
         changed after ``fit``.
@@ -427,12 +456,9 @@ class ConPreDiffModel(BaseEstimator):
                 )
         else:
             seed = self.seed if self.seed is not None else _random_seed(dist_info)
-        if y is not None and getattr(self.backbone, "num_classes", None) is not None:
-            warnings.warn(
-                "labels are not used yet: class-conditional training is not implemented, so the "
-                "backbone is trained unconditionally (cond=None)",
-                stacklevel=2,
-            )
+        conditional = getattr(self.backbone, "num_classes", None) is not None
+        if y is not None and conditional:
+            _warn_labels_unused()
         loader, n_items = as_loader(
             data, y, p["batch_size"], seed, dist_info.world_size, dist_info.rank
         )
@@ -446,7 +472,10 @@ class ConPreDiffModel(BaseEstimator):
                 # its own generator= still advances that generator here, and persistent workers
                 # started by the peek keep the seeds it gave them.
                 with torch.random.fork_rng(devices=[]):
-                    first = check_images(split_batch(next(iter(loader)))[0], "data")
+                    first, labels = split_batch(next(iter(loader)))
+                first = check_images(first, "data")
+                if labels is not None and conditional:
+                    _warn_labels_unused()
             except StopIteration:
                 raise ValueError("data is empty: it yielded no batch") from None
             except RuntimeError as err:  # default_collate on images of different sizes
@@ -454,11 +483,11 @@ class ConPreDiffModel(BaseEstimator):
                     raise ValueError(f"data holds images of varying size: {err}") from err
                 raise
         shape = tuple(first.shape[1:])
-        data_range = (
-            infer_data_range(first)
-            if self.data_range == "auto"
-            else tuple(map(float, self.data_range))
-        )
+        if self.data_range == "auto":
+            data_range = infer_data_range(first)
+        else:
+            data_range = tuple(map(float, self.data_range))
+            check_in_range(first, data_range, "data")
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -525,6 +554,8 @@ class ConPreDiffModel(BaseEstimator):
         self.backbone_ = backbone.to(**to_plain).eval()
         self.ema_backbone_ = trainer.ema.module.to(**to_plain) if trainer.ema else None
         self.context_head_ = head
+        # the configuration the decoder was built with (set_params may change self.context)
+        self.context_ = None if self.context is None else clone(self.context)
         self.image_shape_ = shape
         self.data_range_ = data_range
         self.n_steps_ = trainer.state.step
@@ -579,14 +610,9 @@ class ConPreDiffModel(BaseEstimator):
 
     def _check_steps(self, steps: int | None, default: int) -> int:
         """``steps``, or ``min(default, timesteps_)`` when None; must lie in [1, timesteps_]."""
-        steps = min(default, self.timesteps_) if steps is None else steps
-        if (
-            isinstance(steps, bool)
-            or not isinstance(steps, int)
-            or not 1 <= steps <= self.timesteps_
-        ):
-            raise ValueError(f"steps must be an integer in [1, {self.timesteps_}], got {steps!r}")
-        return steps
+        if steps is None:
+            return min(default, self.timesteps_)
+        return _int_arg(steps, "steps", 1, self.timesteps_)
 
     def _generator(self, seed: int | None) -> torch.Generator:
         """A generator on the model's device, seeded with ``seed`` (a random seed when None)."""
@@ -631,13 +657,17 @@ class ConPreDiffModel(BaseEstimator):
             ``(n, C, H, W)`` float32 on the CPU, in the data's range.
         """
         net = self._denoiser(use_ema)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        n = _int_arg(n, "n", 1)
         steps = self._check_steps(steps, default=50)
+        batch_size = _int_arg(batch_size, "batch_size", 1)
+        seed = _seed_arg(seed)
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta!r}")
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
+            raise TypeError(f"eta must be a number, got {eta!r}")
+        if not (eta >= 0 and math.isfinite(eta)):
+            raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+        eta = float(eta)
         device = self.device_
         gen = self._generator(seed)
         schedule = self._fitted_schedule()
@@ -685,7 +715,8 @@ class ConPreDiffModel(BaseEstimator):
         mask : torch.Tensor, numpy.ndarray or PIL.Image.Image
             True/1 (white in a PIL image) where pixels are **missing** and must be generated,
             False/0 where they are kept; ``(H, W)``, ``(1, H, W)``, ``(C, H, W)``,
-            ``(B, 1, H, W)`` or ``(B, C, H, W)``.
+            ``(B, 1, H, W)`` or ``(B, C, H, W)``. A 3-dimensional mask is always per channel:
+            give one mask per image as ``(B, 1, H, W)`` (``masks[:, None]``), not ``(B, H, W)``.
         steps : int, optional
             Reverse steps on a respaced grid; default 250 (RePaint's), or ``timesteps`` if that
             is smaller.
@@ -708,6 +739,12 @@ class ConPreDiffModel(BaseEstimator):
 
         net = self._denoiser(use_ema)
         single = getattr(img, "ndim", None) == 3
+        if isinstance(img, torch.Tensor | np.ndarray) and img.ndim not in (3, 4):
+            hint = " (add a channel axis: img[None])" if img.ndim == 2 else ""
+            raise ValueError(
+                "img must be one image (C, H, W) or a batch (B, C, H, W), got shape "
+                f"{tuple(img.shape)}{hint}"
+            )
         images = check_images(img[None] if single else img, "img")
         C, H, W = self.image_shape_
         if tuple(images.shape[1:]) != (C, H, W):
@@ -715,13 +752,12 @@ class ConPreDiffModel(BaseEstimator):
                 f"img must have the fitted model's (C, H, W) = {(C, H, W)}, got "
                 f"{tuple(images.shape[1:])}"
             )
-        lo, hi = self.data_range_
-        tol = 1e-6 * (hi - lo)
-        if float(images.min()) < lo - tol or float(images.max()) > hi + tol:
-            raise ValueError(
-                f"img values must lie in the data range [{lo}, {hi}], got "
-                f"[{float(images.min()):.4g}, {float(images.max()):.4g}]"
-            )
+        check_in_range(images, self.data_range_, "img", tol=1e-6)
+        jump_length = _int_arg(jump_length, "jump_length", 1)
+        jump_n_sample = _int_arg(jump_n_sample, "jump_n_sample", 1)
+        seed = _seed_arg(seed)
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
         missing = as_mask(mask, tuple(images.shape) if not single else (C, H, W))
         if single and missing.ndim == 3:
             missing = missing[None]
@@ -781,6 +817,7 @@ class ConPreDiffModel(BaseEstimator):
                 {
                     **{k: v for k, v in self.get_params(deep=False).items() if k != "backbone"},
                     # what the weights were trained with, even if set_params changed it since
+                    "context": self.context_,
                     "schedule": self.schedule_,
                     "timesteps": self.timesteps_,
                     "prediction": self.prediction_,
@@ -878,6 +915,7 @@ class ConPreDiffModel(BaseEstimator):
         model.device = device
         model.n_items_seen_ = None
         model.world_size_ = 1
+        model.context_ = None if model.context is None else clone(model.context)
         model.timesteps_ = model.timesteps
         model.schedule_ = model.schedule
         model.prediction_ = model.prediction

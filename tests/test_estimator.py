@@ -255,6 +255,72 @@ def test_sample_argument_errors(fitted):
         fitted.sample(1, steps=21)
     with pytest.raises(ValueError, match="sampler"):
         fitted.sample(1, sampler="euler")
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        fitted.sample(2, batch_size=0)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        fitted.sample(2, seed="a")
+    with pytest.raises(TypeError, match="eta must be a number"):
+        fitted.sample(2, eta="a")
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
+        fitted.sample(2, eta=-0.5)
+    with pytest.raises(TypeError, match="n must be an integer"):
+        fitted.sample(2.0)
+
+
+def test_sample_accepts_numpy_integers(fitted):
+    got = fitted.sample(np.int64(2), steps=np.int32(3), seed=np.int64(4), batch_size=np.int16(1))
+    assert torch.equal(got, fitted.sample(2, steps=3, seed=4, batch_size=1))
+
+
+def test_inpaint_argument_errors(fitted):
+    img = torch.zeros(1, 8, 8)
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"one image \(C, H, W\) or a batch.*img\[None\]"):
+        fitted.inpaint(img[0], mask)
+    with pytest.raises(TypeError, match="img must be a torch.Tensor or a numpy array, got list"):
+        fitted.inpaint(img.tolist(), mask)
+    with pytest.raises(ValueError, match="jump_length"):
+        fitted.inpaint(img, mask, jump_length=0)
+    with pytest.raises(TypeError, match="seed"):
+        fitted.inpaint(img, mask, seed=1.5)
+    with pytest.raises(ValueError, match="sampler"):
+        fitted.inpaint(img, mask, sampler="euler")
+
+
+def test_rejects_channels_last_data_with_a_hint(images):
+    with pytest.raises(ValueError, match=r"looks channels-last.*permute\(0, 3, 1, 2\)"):
+        tiny().fit(images.permute(0, 2, 3, 1).numpy())
+    tiny().fit(torch.rand(4, 3, 8, 8))  # channels first with C = 3 is fine
+
+
+class PILImages(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return Image.fromarray(np.zeros((8, 8), np.uint8))
+
+
+def test_dataset_of_pil_images_is_named():
+    with pytest.raises(TypeError, match="got Image.*Dataset must yield image tensors"):
+        tiny().fit(PILImages())
+
+
+def test_given_data_range_must_hold_the_data(images):
+    with pytest.raises(ValueError, match=r"data values must lie in the data range \[0, 1\]"):
+        tiny(data_range=(0, 1)).fit(images)  # images are in [-1, 1]
+    assert tiny(data_range=(-1, 1)).fit(images).data_range_ == (-1.0, 1.0)
+
+
+def test_labels_from_a_loader_warn_when_the_backbone_is_conditional(images):
+    labels = torch.arange(16) % 3
+    cond = UNet(base_channels=8, channel_mults=(1, 2), num_classes=3)
+    with pytest.warns(UserWarning, match="labels are not used yet"):
+        tiny(backbone=cond).fit(DataLoader(TensorDataset(images, labels), batch_size=4))
+    with pytest.warns(UserWarning, match="labels are not used yet"):
+        tiny(backbone=cond).fit(images, labels)
 
 
 # ---------------------------------------------------------------- fitted state and seeding

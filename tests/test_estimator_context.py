@@ -99,6 +99,16 @@ def test_save_with_and_without_decoder(pair, tmp_path):
     assert b.get_params()["context__strides"] == (1, 2)
 
 
+def test_a_file_saved_after_changing_the_context_loads_with_the_fitted_one(images, tmp_path):
+    m = make(ContextPrediction(hidden=16), max_steps=1).fit(images)
+    m.set_params(context__hidden=32, context__decoder="gaussian")
+    loaded = ConPreDiffModel.load(m.save(tmp_path / "m.safetensors"))
+    assert loaded.context.hidden == 16 and loaded.context.decoder == "sampled"
+    assert m.context_.hidden == 16 and loaded.context_.hidden == 16
+    for key, value in m.context_head_.state_dict().items():
+        assert torch.equal(loaded.context_head_.state_dict()[key], value)
+
+
 def test_context_training_drives_the_w2_term_down(images):
     m = make(ContextPrediction(strides=(1, 2)), max_steps=150, lr=3e-3, batch_size=32).fit(images)
     w2 = np.asarray(m.loss_history_["w2"])

@@ -149,6 +149,19 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
     assert state["step"] == 20 and state["data"]["epoch"] >= 1
 
 
+def test_the_last_step_is_checkpointed_too(tmp_path):
+    m = make_model(str(tmp_path), steps=10)
+    m.set_params(checkpoint_every=4, keep_checkpoints=5).fit(data())
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert names == [f"ckpt-{s:09d}.safetensors" for s in (4, 8, 10)]
+    assert read_checkpoint(tmp_path / "ckpt" / names[-1])["step"] == 10
+    # resuming a finished run has nothing to redo and writes nothing new
+    make_model(str(tmp_path), steps=10).set_params(checkpoint_every=4, keep_checkpoints=5).fit(
+        data(), resume="latest"
+    )
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == names
+
+
 class NaNAfter(torch.nn.Module):
     """A backbone whose prediction turns NaN from its `after`-th call on."""
 

@@ -69,6 +69,16 @@ def test_bad_sizes_and_arguments():
         UNet()(torch.randn(1, 1, 8, 8), torch.tensor([0]))
 
 
+@pytest.mark.parametrize(("base", "expected"), [(8, {8}), (12, {6, 8}), (10, {5, 6, 8})])
+def test_group_norm_takes_a_divisor_of_any_channel_count(base, expected):
+    net = UNet(in_channels=1, base_channels=base, channel_mults=(1, 2))
+    groups = {m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == expected
+    assert net(torch.randn(2, 1, 8, 8), torch.tensor([0, 5]))[0].shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="groups must be a positive integer"):
+        UNet(in_channels=1, groups=0)
+
+
 def test_check_backbone_output_messages():
     x = torch.randn(2, 1, 4, 4)
     with pytest.raises(TypeError, match="pair"):

@@ -13,7 +13,11 @@ __all__ = ["UNet"]
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(groups, channels), channels)
+    """GroupNorm with the largest divisor of ``channels`` that is at most ``groups`` groups."""
+    n = min(groups, channels)
+    while channels % n:
+        n -= 1
+    return nn.GroupNorm(n, channels)
 
 
 class ResBlock(nn.Module):
@@ -94,10 +98,13 @@ class UNet(ModuleParamsMixin, nn.Module):
     dropout : float
         Dropout inside the residual blocks.
     groups : int
-        GroupNorm groups (capped at the channel count).
+        GroupNorm groups: a layer of ``c`` channels uses the largest divisor of ``c`` that is at
+        most ``groups`` (8 groups for 32 channels, 6 for 12, 5 for 10).
     num_classes : int or None
         If set, ``cond`` may be ``(B,)`` integer labels in ``[0, num_classes]``; the label
-        ``num_classes`` is the "no label" used by classifier-free guidance, as is ``cond=None``.
+        ``num_classes`` means "no label", as does ``cond=None`` (the slot a classifier-free
+        guidance would use). :class:`~conprediff.ConPreDiffModel` does not train or sample with
+        labels yet: it calls the backbone with ``cond=None``.
 
     Examples
     --------
@@ -135,6 +142,8 @@ class UNet(ModuleParamsMixin, nn.Module):
             ("in_channels", in_channels),
             ("base_channels", base_channels),
             ("num_res_blocks", num_res_blocks),
+            ("heads", heads),
+            ("groups", groups),
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -15,6 +15,7 @@ __all__ = [
     "BatchStream",
     "as_loader",
     "check_images",
+    "check_in_range",
     "from_unit",
     "infer_data_range",
     "split_batch",
@@ -37,9 +38,15 @@ def check_images(x: Any, name: str = "data") -> torch.Tensor:
             raise TypeError(f"{name} must hold real numbers, got an array of dtype {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a torch.Tensor, a numpy array or a DataLoader, got {type(x).__name__}"
-        )
+        kinds = ("a torch.Tensor, a numpy array or a DataLoader" if name == "data"
+                 else "a torch.Tensor or a numpy array")
+        hint = ""
+        if type(x).__module__.startswith("PIL"):
+            hint = (
+                " (a Dataset must yield image tensors: convert PIL images, e.g. "
+                "torch.from_numpy(numpy.asarray(img)), to (C, H, W) tensors)"
+            )
+        raise TypeError(f"{name} must be {kinds}, got {type(x).__name__}{hint}")
     if x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     if x.ndim != 4:
@@ -48,12 +55,35 @@ def check_images(x: Any, name: str = "data") -> torch.Tensor:
             f"{name} must be 4-dimensional (N, C, H, W), got {x.ndim} dimensions with shape "
             f"{tuple(x.shape)}{hint}"
         )
+    if x.shape[3] in (1, 3, 4) and x.shape[1] == x.shape[2] > 4:
+        raise ValueError(
+            f"{name} of shape {tuple(x.shape)} looks channels-last (N, H, W, C); conprediff "
+            f"expects (N, C, H, W): use x.permute(0, 3, 1, 2) (numpy: x.transpose(0, 3, 1, 2))"
+        )
     if x.shape[0] == 0 or x.numel() == 0:
         raise ValueError(f"{name} is empty: got shape {tuple(x.shape)}")
     x = x.float()
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     return x
+
+
+def check_in_range(
+    x: torch.Tensor, data_range: tuple[float, float], name: str, tol: float = 0.02
+) -> None:
+    """Raise ValueError if ``x`` leaves ``data_range`` by more than ``tol`` of its width.
+
+    The default tolerance is :func:`infer_data_range`'s (resizing overshoots a little).
+    """
+    lo, hi = data_range
+    margin = tol * (hi - lo)
+    x_lo, x_hi = float(x.min()), float(x.max())
+    if x_lo < lo - margin or x_hi > hi + margin:
+        raise ValueError(
+            f"{name} values must lie in the data range [{lo:g}, {hi:g}], got "
+            f"[{x_lo:.4g}, {x_hi:.4g}]"
+            + (" (set data_range to the data's range, or 'auto')" if name == "data" else "")
+        )
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
@@ -211,6 +241,8 @@ def _collate_same_size(items: list[Any]) -> Any:
     first = split_batch(items[0])[0] if isinstance(items[0], list | tuple | dict) else items[0]
     for item in items:
         img = split_batch(item)[0] if isinstance(item, list | tuple | dict) else item
+        if not isinstance(img, torch.Tensor | np.ndarray):
+            check_images(img, "data")  # raises a TypeError that says what the items must be
         if tuple(img.shape) != tuple(first.shape):
             raise ValueError(
                 f"data holds images of varying size: {tuple(first.shape)} and {tuple(img.shape)}"

@@ -339,6 +339,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         window_start, window_images = time.perf_counter(), 0
+        first_step = self.state.step
         try:
             while self.state.step < cfg.max_steps:
                 totals = self._step()
@@ -370,6 +371,10 @@ class Trainer:
                     window_start, window_images = time.perf_counter(), 0
                 if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
+            # the last step too, so that resume='latest' on a finished run has nothing to redo
+            last = self.state.step
+            if cfg.checkpoint_every and last > first_step and last % cfg.checkpoint_every:
+                self.save_checkpoint()
         finally:
             bar.close()
             self.objective.eval()
