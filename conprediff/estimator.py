@@ -82,6 +82,13 @@ def _seed_arg(seed: Any) -> int | None:
     return None if seed is None else _int_arg(seed, "seed", -(2**63), 2**64 - 1)
 
 
+def _copy_config(obj: Any) -> Any:
+    """An independent copy of a component's configuration (sklearn ``clone`` where it applies)."""
+    if obj is None:
+        return None
+    return clone(obj) if hasattr(obj, "get_params") else copy.deepcopy(obj)
+
+
 def _warn_labels_unused() -> None:
     warnings.warn(
         "labels are not used yet: class-conditional training is not implemented, so the "
@@ -438,12 +445,19 @@ class ConPreDiffModel(BaseEstimator):
         Raises
         ------
         ValueError
-            On images that are not 4-dimensional, empty, non-finite, or of varying size, and on
-            invalid parameters (the message names the parameter).
+            On images that are not 4-dimensional, channels-last (square ``(N, H, W, C)`` with
+            C in 1, 3, 4), empty, non-finite, of varying size or outside a given ``data_range``,
+            and on invalid parameters (the message names the parameter).
+        TypeError
+            On data that is not images (e.g. a Dataset yielding PIL images) and on parameters
+            of the wrong type.
         FloatingPointError
             On a non-finite loss with ``on_nonfinite='raise'`` (naming the step and the terms).
         """
         p = self._check_params()
+        # the configuration the decoder is built with, kept for save (set_params may change
+        # self.context after fit)
+        context_config = _copy_config(self.context)
         device = resolve_device(self.device)
         dist_info, device = distributed.setup(device)
         resume_state = self._read_resume_state(resume) if resume is not None else None
@@ -495,7 +509,7 @@ class ConPreDiffModel(BaseEstimator):
             head = None
             if self.context is not None:
                 torch.manual_seed(seed + 1)  # separate stream: the backbone init is unchanged
-                head = self.context.build(backbone.feature_channels, shape[0]).to(device)
+                head = context_config.build(backbone.feature_channels, shape[0]).to(device)
 
         n_steps = p["max_steps"]
         if p["epochs"] is not None:
@@ -554,8 +568,7 @@ class ConPreDiffModel(BaseEstimator):
         self.backbone_ = backbone.to(**to_plain).eval()
         self.ema_backbone_ = trainer.ema.module.to(**to_plain) if trainer.ema else None
         self.context_head_ = head
-        # the configuration the decoder was built with (set_params may change self.context)
-        self.context_ = None if self.context is None else clone(self.context)
+        self.context_ = context_config
         self.image_shape_ = shape
         self.data_range_ = data_range
         self.n_steps_ = trainer.state.step
@@ -752,7 +765,7 @@ class ConPreDiffModel(BaseEstimator):
                 f"img must have the fitted model's (C, H, W) = {(C, H, W)}, got "
                 f"{tuple(images.shape[1:])}"
             )
-        check_in_range(images, self.data_range_, "img", tol=1e-6)
+        check_in_range(images, self.data_range_, "img")
         jump_length = _int_arg(jump_length, "jump_length", 1)
         jump_n_sample = _int_arg(jump_n_sample, "jump_n_sample", 1)
         seed = _seed_arg(seed)
@@ -905,7 +918,15 @@ class ConPreDiffModel(BaseEstimator):
         model.context_head_ = None
         if meta["has_decoder"] and model.context is not None:
             head = model.context.build(net.feature_channels, meta["image_shape"][0])
-            model.context_head_ = restore("context", head)
+            try:
+                model.context_head_ = restore("context", head)
+            except RuntimeError as err:  # written before save stored the fitted context
+                warnings.warn(
+                    f"the context decoder in {str(path)!r} does not match the file's context "
+                    f"settings (changed by set_params before save?); loaded without the decoder, "
+                    f"which sampling and inpainting do not use: {str(err).splitlines()[0]}",
+                    stacklevel=2,
+                )
         model.image_shape_ = tuple(meta["image_shape"])
         model.data_range_ = tuple(meta["data_range"])
         model.n_steps_ = meta["n_steps"]
@@ -915,7 +936,7 @@ class ConPreDiffModel(BaseEstimator):
         model.device = device
         model.n_items_seen_ = None
         model.world_size_ = 1
-        model.context_ = None if model.context is None else clone(model.context)
+        model.context_ = _copy_config(model.context)
         model.timesteps_ = model.timesteps
         model.schedule_ = model.schedule
         model.prediction_ = model.prediction

@@ -279,12 +279,19 @@ def test_inpaint_argument_errors(fitted):
         fitted.inpaint(img[0], mask)
     with pytest.raises(TypeError, match="img must be a torch.Tensor or a numpy array, got list"):
         fitted.inpaint(img.tolist(), mask)
-    with pytest.raises(ValueError, match="jump_length"):
-        fitted.inpaint(img, mask, jump_length=0)
     with pytest.raises(TypeError, match="seed"):
         fitted.inpaint(img, mask, seed=1.5)
-    with pytest.raises(ValueError, match="sampler"):
-        fitted.inpaint(img, mask, sampler="euler")
+    with pytest.raises(TypeError, match="jump_n_sample must be an integer"):
+        fitted.inpaint(img, mask, jump_n_sample=2.0)
+
+
+def test_inpaint_accepts_numpy_integers(fitted):
+    img = fitted.sample(1, steps=2, seed=0)[0]
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:4] = True
+    kw = dict(steps=6, jump_length=3, jump_n_sample=2, seed=1)
+    got = fitted.inpaint(img, mask, **{k: np.int64(v) for k, v in kw.items()})
+    assert torch.equal(got, fitted.inpaint(img, mask, **kw))
 
 
 def test_rejects_channels_last_data_with_a_hint(images):
@@ -303,8 +310,27 @@ class PILImages(Dataset):
         return Image.fromarray(np.zeros((8, 8), np.uint8))
 
 
+class BuildOnly:
+    """A context configuration that is not a scikit-learn estimator (only ``build``)."""
+
+    def __init__(self, hidden):
+        self.hidden = hidden
+
+    def build(self, feature_channels, data_channels):
+        from conprediff import ContextPrediction
+
+        return ContextPrediction(hidden=self.hidden).build(feature_channels, data_channels)
+
+
+def test_a_context_without_get_params_is_copied_not_cloned(images):
+    ctx = BuildOnly(16)
+    m = tiny(context=ctx).fit(images)
+    assert isinstance(m.context_, BuildOnly) and m.context_ is not ctx
+    assert m.context_.hidden == 16
+
+
 def test_dataset_of_pil_images_is_named():
-    with pytest.raises(TypeError, match="got Image.*Dataset must yield image tensors"):
+    with pytest.raises(TypeError, match=r"got Image.*Dataset must yield \(C, H, W\).*ImageFolder"):
         tiny().fit(PILImages())
 
 

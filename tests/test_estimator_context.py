@@ -109,6 +109,17 @@ def test_a_file_saved_after_changing_the_context_loads_with_the_fitted_one(image
         assert torch.equal(loaded.context_head_.state_dict()[key], value)
 
 
+def test_a_file_whose_decoder_does_not_match_its_settings_loads_without_it(images, tmp_path):
+    # what save wrote before it stored the fitted context: the current settings, the old weights
+    m = make(ContextPrediction(hidden=16), max_steps=1).fit(images)
+    m.context_ = ContextPrediction(hidden=32)
+    path = m.save(tmp_path / "old.safetensors")
+    with pytest.warns(UserWarning, match="loaded without the decoder"):
+        loaded = ConPreDiffModel.load(path)
+    assert loaded.context_head_ is None
+    assert torch.equal(loaded.sample(2, steps=3, seed=0), m.sample(2, steps=3, seed=0))
+
+
 def test_context_training_drives_the_w2_term_down(images):
     m = make(ContextPrediction(strides=(1, 2)), max_steps=150, lr=3e-3, batch_size=32).fit(images)
     w2 = np.asarray(m.loss_history_["w2"])

@@ -79,6 +79,13 @@ def test_group_norm_takes_a_divisor_of_any_channel_count(base, expected):
         UNet(in_channels=1, groups=0)
 
 
+def test_numpy_integers_are_accepted():
+    import numpy as np
+
+    net = UNet(np.int64(1), np.int64(8), (1, 2), heads=np.int64(2), groups=np.int32(4))
+    assert net(torch.randn(1, 1, 8, 8), torch.tensor([0]))[0].shape == (1, 1, 8, 8)
+
+
 def test_check_backbone_output_messages():
     x = torch.randn(2, 1, 4, 4)
     with pytest.raises(TypeError, match="pair"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,7 +96,8 @@ class UNet(ModuleParamsMixin, nn.Module):
         Levels (0 = full resolution) with self-attention after each residual block; the middle
         block always has one.
     heads : int
-        Attention heads.
+        Attention heads; every width that has attention (the middle block, and the levels in
+        ``attention_levels``) must be divisible by it.
     dropout : float
         Dropout inside the residual blocks.
     groups : int
@@ -145,7 +148,7 @@ class UNet(ModuleParamsMixin, nn.Module):
             ("heads", heads),
             ("groups", groups),
         ):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not self.channel_mults:
             raise ValueError("channel_mults must not be empty")

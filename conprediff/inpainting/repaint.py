@@ -20,6 +20,8 @@ re-noising), :func:`merge_known` (the known-region replacement) and the loop :fu
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from ..diffusion.gaussian import (
@@ -39,9 +41,9 @@ SAMPLERS = ("ddpm", "ddim")
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def repaint_schedule(t_T: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:

@@ -41,10 +41,11 @@ def check_images(x: Any, name: str = "data") -> torch.Tensor:
         kinds = ("a torch.Tensor, a numpy array or a DataLoader" if name == "data"
                  else "a torch.Tensor or a numpy array")
         hint = ""
-        if type(x).__module__.startswith("PIL"):
+        if type(x).__module__.startswith("PIL") and name == "data":
             hint = (
-                " (a Dataset must yield image tensors: convert PIL images, e.g. "
-                "torch.from_numpy(numpy.asarray(img)), to (C, H, W) tensors)"
+                " (a Dataset must yield (C, H, W) image tensors: convert each PIL image, e.g. "
+                "torch.from_numpy(numpy.asarray(img)).permute(2, 0, 1) for RGB or [None] for "
+                "grey, or read a folder with conprediff.data.ImageFolder)"
             )
         raise TypeError(f"{name} must be {kinds}, got {type(x).__name__}{hint}")
     if x.dtype == torch.bool or x.is_complex():

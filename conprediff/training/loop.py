@@ -375,6 +375,10 @@ class Trainer:
             last = self.state.step
             if cfg.checkpoint_every and last > first_step and last % cfg.checkpoint_every:
                 self.save_checkpoint()
+            if cfg.checkpoint_every and last > first_step and self.dist.enabled:
+                import torch.distributed as dist
+
+                dist.barrier()  # no rank returns before rank 0 has written the last checkpoint
         finally:
             bar.close()
             self.objective.eval()
