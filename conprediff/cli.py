@@ -31,6 +31,14 @@ def _add_training_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (%(default)s)")
     p.add_argument("--base-channels", type=int, default=32, help="UNet width (%(default)s)")
     p.add_argument(
+        "--channel-mults",
+        type=int,
+        nargs="+",
+        default=[1, 2, 2],
+        help="UNet width multiplier per level; the image size must be divisible by "
+        "2**(levels - 1) (%(default)s)",
+    )
+    p.add_argument(
         "--strides",
         type=int,
         nargs="+",
@@ -101,7 +109,7 @@ def _model(args: argparse.Namespace):
     from .estimator import ConPreDiffModel
 
     return ConPreDiffModel(
-        backbone=UNet(base_channels=args.base_channels, channel_mults=(1, 2, 2)),
+        backbone=UNet(base_channels=args.base_channels, channel_mults=tuple(args.channel_mults)),
         context=_context(args),
         max_steps=args.steps,
         batch_size=args.batch_size,

@@ -43,6 +43,22 @@ def test_train_and_sample_a_folder(tmp_path):
     assert (tmp_path / "s.png").is_file()
 
 
+def test_channel_mults_set_the_levels(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).save(folder / f"{i}.png")
+    model = tmp_path / "m.safetensors"
+    # 6 x 6 is not divisible by 4, so the default three levels fail; two levels train
+    assert main(["train", str(folder), "--out", str(model), *TINY]) == 2
+    args = ["train", str(folder), "--out", str(model), "--channel-mults", "1", "2", *TINY]
+    assert main(args) == 0
+    from conprediff import ConPreDiffModel
+
+    assert ConPreDiffModel.load(model).backbone_.channel_mults == (1, 2)
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "missing.safetensors")]) == 2
     assert "error" in capsys.readouterr().err
