@@ -28,12 +28,19 @@ def test_demo_writes_samples_loss_inpainting_and_model(demo_dir):
         assert img.size[0] > 16
 
 
-def test_train_and_sample_a_folder(tmp_path):
+def image_folder(root: Path, n: int, size: int) -> Path:
+    """``n`` random grey PNG images of ``size`` x ``size`` in ``root / 'imgs'``."""
     rng = np.random.default_rng(0)
-    folder = tmp_path / "imgs"
+    folder = root / "imgs"
     folder.mkdir()
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 256, (10, 10), dtype=np.uint8)).save(folder / f"{i}.png")
+    for i in range(n):
+        pixels = rng.integers(0, 256, (size, size), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    return folder
+
+
+def test_train_and_sample_a_folder(tmp_path):
+    folder = image_folder(tmp_path, 8, 10)
     model = tmp_path / "m.safetensors"
     assert main(["train", str(folder), "--size", "8", "--out", str(model), *TINY]) == 0
     assert (
@@ -44,11 +51,7 @@ def test_train_and_sample_a_folder(tmp_path):
 
 
 def test_channel_mults_set_the_levels(tmp_path):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).save(folder / f"{i}.png")
+    folder = image_folder(tmp_path, 4, 6)
     model = tmp_path / "m.safetensors"
     # 6 x 6 is not divisible by 4, so the default three levels fail; two levels train
     assert main(["train", str(folder), "--out", str(model), *TINY]) == 2
