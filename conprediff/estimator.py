@@ -766,11 +766,7 @@ class ConPreDiffModel(BaseEstimator):
                 f"{tuple(images.shape[1:])}"
             )
         check_in_range(images, self.data_range_, "img")
-        jump_length = _int_arg(jump_length, "jump_length", 1)
-        jump_n_sample = _int_arg(jump_n_sample, "jump_n_sample", 1)
-        seed = _seed_arg(seed)
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        seed = _seed_arg(seed)  # repaint checks the sampler and the jump schedule
         missing = as_mask(mask, tuple(images.shape) if not single else (C, H, W))
         if single and missing.ndim == 3:
             missing = missing[None]
