@@ -373,12 +373,13 @@ class Trainer:
                     self.save_checkpoint()
             # the last step too, so that resume='latest' on a finished run has nothing to redo
             last = self.state.step
-            if cfg.checkpoint_every and last > first_step and last % cfg.checkpoint_every:
-                self.save_checkpoint()
-            if cfg.checkpoint_every and last > first_step and self.dist.enabled:
-                import torch.distributed as dist
+            if cfg.checkpoint_every and last > first_step:
+                if last % cfg.checkpoint_every:
+                    self.save_checkpoint()
+                if self.dist.enabled:
+                    import torch.distributed as dist
 
-                dist.barrier()  # no rank returns before rank 0 has written the last checkpoint
+                    dist.barrier()  # no rank returns before rank 0 has written it
         finally:
             bar.close()
             self.objective.eval()
