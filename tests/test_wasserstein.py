@@ -15,7 +15,7 @@ from conprediff.wasserstein import (
     SlicedW2,
     SortedW2,
     _monotone_plan,
-    _sorted_columns,
+    _sorted_rows,
     resolve_metric,
     weighted_moments,
 )
@@ -115,40 +115,48 @@ def test_sorted_equals_pot_emd2_in_1d(prob):
     torch.testing.assert_close(SortedW2()(x, y, a, b), emd2(x, y, a, b), rtol=0, atol=1e-8)
     unsplit = SortedW2(split=False)(x, y, a, b)
     torch.testing.assert_close(unsplit, emd2(x, y, a, b), rtol=0, atol=1e-8)
-    network = SortedW2(sort="network")(x, y, a, b)
-    torch.testing.assert_close(network, emd2(x, y, a, b), rtol=0, atol=1e-8)
+    for sort in ("network", "numpy"):
+        got = SortedW2(sort=sort)(x, y, a, b)
+        torch.testing.assert_close(got, emd2(x, y, a, b), rtol=0, atol=1e-8)
 
 
-def test_sorting_network_sorts():
+@pytest.mark.parametrize("sort", ["network", "numpy"])
+def test_sorting_paths_sort_like_torch(sort):
     for n in (1, 2, 3, 5, 8, 13, 24, 32, 40):
         x, y = _no_ties(64, n, 1, n), _no_ties(64, n, 1, 100 + n)
         torch.testing.assert_close(
-            SortedW2(sort="network")(x, y), SortedW2(sort="torch")(x, y), rtol=0, atol=1e-12
+            SortedW2(sort=sort)(x, y), SortedW2(sort="torch")(x, y), rtol=0, atol=1e-12
         )
-    # float32 (packed keys) and float64 (index carried beside), with ties and -0.0
+    # float32 (packed keys) and float64 (index carried beside / argsort), with ties and -0.0
     for v in (torch.randn(500, 24), torch.randn(500, 8).round(decimals=1),
               torch.randn(300, 13, dtype=DT).round(decimals=1)):
         ref = torch.sort(v, dim=1, stable=True)
-        vals, idx = _sorted_columns(v, None, "network", True)
-        assert torch.equal(vals, ref.values.T)
-        assert torch.equal(v.T.gather(0, idx), vals)  # the index points at the value
-        if v.dtype == torch.float32:  # packed keys: a stable sort, like torch's
-            assert torch.equal(idx, ref.indices.T)
-        assert torch.equal(_sorted_columns(v, None, "network", False)[0],
-                           ref.values.T)
+        vals, idx = _sorted_rows(v, None, sort, True)
+        assert torch.equal(vals, ref.values)
+        assert torch.equal(v.gather(1, idx), vals)  # the index points at the value
+        if v.dtype == torch.float32 or sort == "numpy":  # stable sorts, like torch's
+            assert torch.equal(idx, ref.indices)
+        assert torch.equal(_sorted_rows(v, None, sort, False)[0], ref.values)
         valid = torch.rand(v.shape) < 0.7
-        vals, idx = _sorted_columns(v, valid.to(v.dtype), "network", True)
+        vals, idx = _sorted_rows(v, valid.to(v.dtype), sort, True)
         ref = torch.sort(v.masked_fill(~valid, float("inf")), dim=1, stable=True)
-        kept = valid.sort(1, descending=True).values.T  # kept points come first
-        assert torch.equal(valid.T.gather(0, idx), kept)
-        assert torch.equal(vals[kept], ref.values.T[kept])
-        assert torch.equal(v.T.gather(0, idx)[kept], vals[kept])
-    neg = torch.tensor([[0.5, -0.0, 0.0, -2.0, -1.0, 3.0, -1e-30, 1e30]])
-    assert torch.equal(_sorted_columns(neg, None, "network", True)[0],
-                       neg.sort(1).values.T)
+        kept = valid.sort(1, descending=True).values  # kept points come first
+        assert torch.equal(valid.gather(1, idx), kept)
+        assert torch.equal(vals[kept], ref.values[kept])
+        assert torch.equal(v.gather(1, idx)[kept], vals[kept])
+    neg = torch.tensor([[0.5, -0.0, 0.0, -2.0, -1.0, 3.0, -1e-30, 1e30, float("inf")]])
+    vals, idx = _sorted_rows(neg, None, sort, True)
+    assert torch.equal(vals, neg.sort(1).values)
+    assert idx.flatten().tolist() == [3, 4, 6, 1, 2, 0, 5, 7, 8]  # -0.0 ties with +0.0, stably
 
 
-@pytest.mark.parametrize("sort", ["network", "torch"])
+def test_numpy_sort_needs_the_cpu():
+    x = torch.empty(4, 3, 1, device="meta")  # any device but the CPU
+    with pytest.raises(ValueError, match="sort='numpy' needs CPU tensors"):
+        SortedW2(sort="numpy", validate=False)(x, x)
+
+
+@pytest.mark.parametrize("sort", ["network", "numpy", "torch"])
 def test_support_path_in_float32_matches_the_quantile_path(sort):
     # the loss's workload in miniature: uniform predictions, neighbourhoods with dropped points
     g = torch.Generator().manual_seed(0)
@@ -178,7 +186,7 @@ def test_monotone_plan_has_the_right_marginals(m, n):
     assert list(ii) == sorted(ii) and list(jj) == sorted(jj)  # monotone
 
 
-@pytest.mark.parametrize("sort", ["network", "torch"])
+@pytest.mark.parametrize("sort", ["network", "numpy", "torch"])
 def test_support_path_gradcheck_with_dropped_points(sort):
     g = torch.Generator().manual_seed(3)
     x = _no_ties(4, 7, 1, 5).requires_grad_()
@@ -190,7 +198,7 @@ def test_support_path_gradcheck_with_dropped_points(sort):
     assert torch.autograd.gradcheck(lambda x, y: SortedW2(sort=sort)(x, y, a, b), (x, y))
     x = _no_ties(3, 6, 1, 0).requires_grad_()
     y = _no_ties(3, 6, 1, 1).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, y: SortedW2(sort="network")(x, y), (x, y))
+    assert torch.autograd.gradcheck(lambda x, y: SortedW2(sort=sort)(x, y), (x, y))
 
 
 @pytest.mark.parametrize("covariance", ["diag", "full"])
@@ -674,7 +682,7 @@ def test_1d_solver_restores_the_thread_count(monkeypatch):
         torch.set_num_threads(2)
         monkeypatch.setattr(w2, "_sorting_network", spy)
         x = torch.randn(10, 4, 1, requires_grad=True)
-        SortedW2()(x, torch.randn(10, 4, 1)).sum().backward()
+        SortedW2(sort="network")(x, torch.randn(10, 4, 1)).sum().backward()
         assert seen and set(seen) == {1}
         assert torch.get_num_threads() == 2
 
@@ -683,7 +691,7 @@ def test_1d_solver_restores_the_thread_count(monkeypatch):
 
         monkeypatch.setattr(w2, "_sorting_network", boom)
         with pytest.raises(RuntimeError, match="boom"):
-            SortedW2()(x, torch.randn(10, 4, 1))
+            SortedW2(sort="network")(x, torch.randn(10, 4, 1))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
