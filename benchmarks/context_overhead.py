@@ -15,6 +15,7 @@ import torch
 from common import machine, median_ms, time_alternating, train_step
 
 from conprediff import ContextPrediction, UNet
+from conprediff.wasserstein import SortedW2
 
 # Every setting is spelled out, so a change of ContextPrediction's defaults cannot relabel a row.
 CONFIGS = {
@@ -25,6 +26,9 @@ CONFIGS = {
     "sampled, latent 8, every point": dict(latent_dim=8, point_fraction=1.0),
     "sampled, latent 8, point_fraction 0.25": dict(latent_dim=8, point_fraction=0.25),
     "sampled, latent 4, point_fraction 0.5": dict(latent_dim=4, point_fraction=0.5),
+    "sampled (default) + SortedW2 sort='network' (the CPU default before 2026-11-29)": dict(
+        metric=SortedW2(sort="network", validate=False)
+    ),
     "sampled (default) + SlicedW2, 64 projections": dict(metric="sliced"),
     "sampled (default) + SinkhornW2, eps 1e-2, 100 iterations": dict(metric="sinkhorn"),
     "sampled (default) + GaussianW2 on the samples": dict(metric="gaussian"),
