@@ -294,43 +294,30 @@ def _network(v: torch.Tensor) -> torch.Tensor:
     return torch.stack(cols, 0)
 
 
-def _numpy_sort_rows(
-    a: np.ndarray, with_index: bool, owned: bool = False
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The rows of ``a`` ``(N, n)`` sorted by numpy (stable), and the int64 source column of each.
+def _numpy_sorted_rows(
+    v: torch.Tensor, with_index: bool, owned: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows of CPU ``v`` ``(N, n)`` sorted by numpy (stable), and the source column of each.
 
     numpy (2.0 and later) sorts each short row with SIMD sorting networks held in registers
     (x86-simd-sort on x86-64, Highway's vqsort on ARM), several times faster on the CPU than
-    torch's sort, or than a network of elementwise operations over whole columns. In float32 the
-    index rides along in int64 keys that pack the order-preserving bit pattern of each value
-    (high 32 bits; -0.0 ties with +0.0) with its column (low 32 bits), as :func:`_order_keys`
-    does; the keys are distinct, so any sort of them is stable. Other dtypes use
-    ``numpy.argsort(kind='stable')``. ``owned``: ``a`` may be overwritten (sorted in place).
-    Few new arrays: each fresh multi-megabyte array costs page faults.
+    torch's sort, or than a network of elementwise operations over whole columns. In float32 it
+    sorts the int64 keys of :func:`_order_keys`, which are distinct, so any sort of them is stable;
+    other dtypes use ``numpy.argsort(kind='stable')``. ``owned``: ``v`` may be overwritten (it is
+    then sorted in place: each fresh multi-megabyte array costs page faults).
     """
+    a = v.detach().numpy()
     if not with_index:
-        if not owned:
-            return np.sort(a, axis=1), None
-        a.sort(axis=1)
-        return a, None
-    if a.dtype != np.float32:
+        if owned:
+            a.sort(axis=1)
+            return v, None
+        return torch.from_numpy(np.sort(a, axis=1)), None
+    if v.dtype != torch.float32:
         idx = np.argsort(a, axis=1, kind="stable")
-        return np.take_along_axis(a, idx, 1), idx
-    bits = np.add(a, np.float32(0.0), out=a if owned else None).view(np.int32)  # -0.0 -> +0.0
-    tmp = bits >> 31
-    tmp &= np.int32(_INT32_MAX)
-    tmp ^= bits  # order-preserving as a signed integer
-    keys = tmp.astype(np.int64)
-    keys <<= 32
-    keys |= np.arange(a.shape[1], dtype=np.int64)
-    keys.sort(axis=1)
-    idx = keys & np.int64(0xFFFFFFFF)
-    keys >>= 32
-    np.copyto(bits, keys, casting="unsafe")  # the high words back into the float32 buffer
-    np.right_shift(bits, 31, out=tmp)
-    tmp &= np.int32(_INT32_MAX)
-    bits ^= tmp
-    return bits.view(np.float32), idx
+        return torch.from_numpy(np.take_along_axis(a, idx, 1)), torch.from_numpy(idx)
+    keys = _order_keys(v)
+    keys.numpy().sort(axis=1)
+    return _decode_keys(keys, v.dtype)
 
 
 # numpy >= 2.0 has the SIMD row sorts on x86-64 (AVX2 and AVX-512) and ARM; older numpy sorts
@@ -372,8 +359,7 @@ def _sorted_rows(
     """
     masked = _masked(v, keep)
     if sort == "numpy":
-        vals, idx = _numpy_sort_rows(masked.detach().numpy(), with_index, masked is not v)
-        return torch.from_numpy(vals), None if idx is None else torch.from_numpy(idx)
+        return _numpy_sorted_rows(masked, with_index, masked is not v)
     v = masked
     if sort == "torch" or v.shape[1] > _NETWORK_MAX:
         s = torch.sort(v, dim=1, stable=True)
