@@ -88,6 +88,9 @@ def arm_catalogue(timesteps: int) -> dict[str, dict[str, Any] | None]:
         "lambda=decaying": {"weight": DecayingWeight(base, power=1.0)},
         "lambda=snr": {"weight": SNRWeight(base)},
         "lambda=truncated": {"weight": TruncatedWeight(base, t_max=timesteps // 2 - 1)},
+        "lambda=high-t": {
+            "weight": TruncatedWeight(base, t_max=timesteps - 1, t_min=timesteps // 2)
+        },
         "metric=auto": {"metric": "auto"},
         "metric=gaussian": {"decoder": "gaussian"},
         "target=x0": {"target": "x0"},
@@ -101,7 +104,8 @@ def arm_catalogue(timesteps: int) -> dict[str, dict[str, Any] | None]:
 SWEEPS = {
     "main": [DEFAULT],
     "strides": ["strides=1", "strides=1,2", "strides=1,2,3"],
-    "lambda": ["lambda=0.1", "lambda=1", "lambda=decaying", "lambda=snr", "lambda=truncated"],
+    "lambda": ["lambda=0.1", "lambda=1", "lambda=decaying", "lambda=snr", "lambda=truncated",
+               "lambda=high-t"],
     "metric": ["metric=auto", "metric=gaussian"],
     "target": ["target=x0", "target=posterior"],
     "point-fraction": ["point_fraction=0.25", "point_fraction=0.5", "point_fraction=1"],

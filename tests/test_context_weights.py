@@ -90,3 +90,13 @@ def test_params_and_clone():
     c = clone(w).set_params(base__power=1.0)
     assert c.base.power == 1.0 and w.base.power == 2.0
     assert c(t, SCHEDULE).tolist() == pytest.approx([0.5, 0.0, 0.0])
+
+
+def test_truncated_weight_window():
+    t = torch.tensor([0, 3, 4, 7, 8, 9])
+    lam = TruncatedWeight(0.5, t_max=8, t_min=4)(t)  # the term at t in [4, 8] only
+    assert lam.tolist() == [0.0, 0.0, 0.5, 0.5, 0.5, 0.0]
+    with pytest.raises(ValueError, match="t_min must be <= t_max"):
+        TruncatedWeight(1.0, t_max=2, t_min=3)(t)
+    with pytest.raises(ValueError, match="t_min must be an integer timestep"):
+        TruncatedWeight(1.0, t_max=2, t_min=1.5)(t)

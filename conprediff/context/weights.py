@@ -132,32 +132,42 @@ class SNRWeight(BaseEstimator):
 
 
 class TruncatedWeight(BaseEstimator):
-    r"""Another weight, switched off above ``t_max``:
+    r"""Another weight, switched off outside ``t_min <= t <= t_max``:
 
     .. math::
 
-        \lambda_t = \mathrm{base}(t) \cdot [t \le t_{max}] .
+        \lambda_t = \mathrm{base}(t) \cdot [t_{min} \le t \le t_{max}] .
 
     Parameters
     ----------
     base : float or weight object, default=1.0
-        The weight below the cut; a float means :class:`ConstantWeight` of that value.
+        The weight inside the window; a float means :class:`ConstantWeight` of that value.
     t_max : int, default=0
         The last timestep with a non-zero weight.
+    t_min : int, default=0
+        The first timestep with a non-zero weight. ``t_min = T // 2`` with ``t_max = T - 1``
+        keeps the term at high noise only.
     """
 
-    def __init__(self, base=1.0, t_max: int = 0):
+    def __init__(self, base=1.0, t_max: int = 0, t_min: int = 0):
         self.base = base
         self.t_max = t_max
+        self.t_min = t_min
 
     def __call__(self, t: torch.Tensor, schedule=None) -> torch.Tensor:
         """``(B,)`` float32 :math:`\\lambda_t` on ``t``'s device; needs ``schedule`` only if
         ``base`` does."""
-        if not isinstance(self.t_max, numbers.Integral) or isinstance(self.t_max, bool):
-            raise ValueError(f"t_max must be an integer timestep, got {self.t_max!r}")
+        for name in ("t_min", "t_max"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer timestep, got {value!r}")
+        if self.t_min > self.t_max:
+            raise ValueError(f"t_min must be <= t_max, got t_min={self.t_min}, "
+                             f"t_max={self.t_max}")
         base = resolve_weight(self.base, name="base")
         values = base(_check_t(t), schedule)
-        return torch.where(t <= int(self.t_max), values, torch.zeros_like(values))
+        inside = (t >= int(self.t_min)) & (t <= int(self.t_max))
+        return torch.where(inside, values, torch.zeros_like(values))
 
 
 def resolve_weight(weight, name: str = "weight"):
