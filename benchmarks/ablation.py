@@ -82,7 +82,9 @@ def arm_catalogue(timesteps: int) -> dict[str, dict[str, Any] | None]:
         "strides=1": {"strides": (1,)},
         "strides=1,2": {"strides": (1, 2)},
         "strides=1,2,3": {"strides": (1, 2, 3)},
+        "lambda=0.05": {"weight": 0.05},
         "lambda=0.1": {"weight": 0.1},
+        "lambda=0.3": {"weight": 0.3},
         "lambda=1": {"weight": 1.0},
         # the schedules peak at the default constant, so that only their shape differs
         "lambda=decaying": {"weight": DecayingWeight(base, power=1.0)},
@@ -104,8 +106,8 @@ def arm_catalogue(timesteps: int) -> dict[str, dict[str, Any] | None]:
 SWEEPS = {
     "main": [DEFAULT],
     "strides": ["strides=1", "strides=1,2", "strides=1,2,3"],
-    "lambda": ["lambda=0.1", "lambda=1", "lambda=decaying", "lambda=snr", "lambda=truncated",
-               "lambda=high-t"],
+    "lambda": ["lambda=0.05", "lambda=0.1", "lambda=0.3", "lambda=1", "lambda=decaying",
+               "lambda=snr", "lambda=truncated", "lambda=high-t"],
     "metric": ["metric=auto", "metric=gaussian"],
     "target": ["target=x0", "target=posterior"],
     "point-fraction": ["point_fraction=0.25", "point_fraction=0.5", "point_fraction=1"],
@@ -588,11 +590,13 @@ def equal_time_rows(res: dict, arm: str, seeds: list[int], steps: list[int],
     return rows
 
 
-def paired(res: dict, arm: str, seeds: list[int], step: int, metric: str = "fid"
-           ) -> tuple[list[int], list[float], list[float]]:
+def paired(res: dict, arm: str, seeds: list[int], step: int, metric: str = "fid",
+           reference: str = BASELINE) -> tuple[list[int], list[float], list[float]]:
+    """Seeds where both ``arm`` and ``reference`` have ``metric`` at ``step``, and per seed
+    the difference arm - reference and the ratio arm / reference."""
     used, diffs, ratios = [], [], []
     for s in seeds:
-        a, b = res.get((arm, s, step)), res.get((BASELINE, s, step))
+        a, b = res.get((arm, s, step)), res.get((reference, s, step))
         if a and b and metric in a and metric in b:
             used.append(s)
             diffs.append(a[metric] - b[metric])
@@ -690,6 +694,7 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
     lines.append("")
 
     lines += class_section(out, res, arms, seeds, base_steps, p.n_samples)
+    lines += against_default_section(res, arms, seeds, steps)
 
     # other metrics at the last step
     last = steps[-1]
@@ -931,6 +936,33 @@ def class_section(out: Path, res: dict, arms: list[str], seeds: list[int],
                 lines.append(f"| {s} | {arm} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def against_default_section(res: dict, arms: list[str], seeds: list[int],
+                            steps: list[int]) -> list[str]:
+    """Report lines: every variant against the default ConPreDiff arm on the same seeds, for
+    FID and cbFID (a variant is judged against the configuration it would replace, not only
+    against the baseline)."""
+    rows = []
+    for arm in arms:
+        if arm in (BASELINE, DEFAULT):
+            continue
+        for s in steps:
+            for metric, label in (("fid", "FID"), ("fid_class_balanced", "cbFID")):
+                used, diffs, _ = paired(res, arm, seeds, s, metric, reference=DEFAULT)
+                if not diffs:
+                    continue
+                mean, lo, hi = t_interval(diffs)
+                per = ", ".join(f"{signed(d)} (s{k})" for k, d in zip(used, diffs, strict=True))
+                rows.append(f"| {arm} | {s} | {label} | {per} | {signed(mean)} [{signed(lo)}, "
+                            f"{signed(hi)}] | {sum(d < 0 for d in diffs)}/{len(diffs)} |")
+    if not rows:
+        return []
+    return ["## Each variant against the default arm (same seed)", "",
+            f"Differences are variant - `{DEFAULT}` on the same seed (negative favours the "
+            "variant); both were trained with the same batches, timesteps and noise.", "",
+            "| arm | step | metric | differences per seed | mean [95 % CI] | variant better |",
+            "|---|---|---|---|---|---|", *rows, ""]
 
 
 def plot(path: Path, res: dict, arms: list[str], seeds: list[int], steps: list[int],

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from ablation import (  # noqa: E402
     Evaluator,
     Protocol,
+    against_default_section,
     archive_results,
     equal_time_rows,
     finite_summary,
@@ -116,6 +117,31 @@ def test_equal_time_rows_interpolate_the_baseline_at_the_arms_time():
     assert cb["time_ratio"] == pytest.approx((1.5 + 2.5 + 1.2) / 3)
     # a step the arm has no result for adds no row
     assert equal_time_rows(res, "conprediff", seeds, [2000], [1000, 2000], "fid") == []
+
+
+def test_against_default_section_pairs_each_variant_with_the_default():
+    def result(fid, cb):
+        return {"fid": fid, "fid_class_balanced": cb}
+
+    res = {
+        ("baseline", 0, 2000): result(100.0, 80.0),
+        ("conprediff", 0, 2000): result(90.0, 70.0),
+        ("conprediff", 1, 2000): result(95.0, 75.0),
+        ("lambda=0.3", 0, 2000): result(85.0, 72.0),
+        ("lambda=0.3", 1, 2000): result(99.0, 71.0),
+        ("lambda=0.3", 2, 2000): result(10.0, 10.0),  # no default on seed 2: left out
+    }
+    lines = against_default_section(res, ["baseline", "conprediff", "lambda=0.3"],
+                                    [0, 1, 2], [2000])
+    rows = [line for line in lines if line.startswith("| lambda=0.3")]
+    assert len(rows) == 2
+    fid, cb = rows
+    # variant - default per seed: FID -5 and +4, cbFID +2 and -4
+    assert "| FID | -5.0 (s0), +4.0 (s1) | -0.5 [" in fid and fid.endswith("| 1/2 |")
+    assert "| cbFID | +2.0 (s0), -4.0 (s1) | -1.0 [" in cb
+    assert "s2" not in fid + cb
+    # nothing to compare: no section
+    assert against_default_section(res, ["baseline", "conprediff"], [0, 1], [2000]) == []
 
 
 def tiny_protocol(**changes) -> Protocol:
