@@ -15,6 +15,7 @@ import torch
 from common import machine, median_ms, time_alternating, train_step
 
 from conprediff import ContextPrediction, UNet
+from conprediff.context import TruncatedWeight
 from conprediff.wasserstein import SortedW2
 
 # Every setting is spelled out, so a change of ContextPrediction's defaults cannot relabel a row.
@@ -28,6 +29,9 @@ CONFIGS = {
     "sampled, latent 4, point_fraction 0.5": dict(latent_dim=4, point_fraction=0.5),
     "sampled (default) + SortedW2 sort='network' (the CPU default before 2026-11-29)": dict(
         metric=SortedW2(sort="network", validate=False)
+    ),
+    "sampled (default), lambda only for t >= T/2 (TruncatedWeight; zero-weight points skipped)": (
+        dict(weight=TruncatedWeight(0.1, t_max=999, t_min=500))
     ),
     "sampled (default) + SlicedW2, 64 projections": dict(metric="sliced"),
     "sampled (default) + SinkhornW2, eps 1e-2, 100 iterations": dict(metric="sinkhorn"),

@@ -119,7 +119,7 @@ def test_lambda_is_applied_per_image():
         3, 1
     )(feats, t, x0)
     assert isinstance(out, ContextOutput)
-    assert out.w2.item() == pytest.approx(2.5)  # (1 + 4) / 2
+    assert out.w2.item() == pytest.approx(1.0)  # only image 0 (lambda > 0) is computed
     assert out.loss.item() == pytest.approx(1.5)  # (3 * 1 + 0 * 4) / 2
     out = ContextPrediction(decoder=factory, weight=0.5, **full).build(3, 1)(feats, t, x0)
     assert out.loss.item() == pytest.approx(1.25)
@@ -127,6 +127,49 @@ def test_lambda_is_applied_per_image():
         feats, t, x0, schedule=SCHEDULE
     )
     assert out.loss.item() == pytest.approx((1 * 1 + 0.9 * 4) / 2)
+
+
+def test_points_with_zero_weight_are_not_computed():
+    """Outside a TruncatedWeight window an image adds nothing, so its points are skipped; the
+    loss is still the mean of lambda_t W2^2 over all points (exactly, for constant images)."""
+    feats, _, _ = toy()  # B = 2, 30 points per image
+    x0 = torch.cat([torch.ones(1, 1, 5, 6), 2 * torch.ones(1, 1, 5, 6)])
+    factory = lambda f, c: Recorder(f, c, zero=True)  # noqa: E731
+    cp = ContextPrediction(decoder=factory, weight=TruncatedWeight(3.0, t_max=5),
+                           point_fraction=0.5)
+    head = cp.build(3, 1)
+    out = head(feats, torch.tensor([0, 10]), x0)
+    assert head.decoder.seen == [15]  # half of image 0's points, none of image 1's
+    assert out.loss.item() == pytest.approx(1.5)  # (3 * 1 * 30 + 0 * 4 * 30) / 60
+    assert out.w2.item() == pytest.approx(1.0)
+
+    # no image active: one point with weight 0 keeps the decoder in the graph (DDP)
+    head = cp.build(3, 1)
+    out = head(feats, torch.tensor([7, 10]), x0)
+    assert head.decoder.seen == [1] and out.loss.item() == 0.0
+    out.loss.backward()
+    assert head.decoder.lin.weight.grad is not None
+
+    # every image active: the usual uniform draw of point_fraction * B * H * W points
+    head = cp.build(3, 1)
+    head(feats, torch.tensor([0, 5]), x0)
+    assert head.decoder.seen == [30]
+
+
+def test_subsampling_active_images_is_unbiased():
+    """Images 1, 2, 3 (W2^2 = 1, 4, 9 at every point for a decoder at 0), image 1 outside the
+    window: the mean of the subsampled loss over draws is the mean over all points."""
+    feats = torch.randn(3, 3, 5, 6, generator=torch.Generator().manual_seed(0))
+    x0 = torch.cat([k * torch.ones(1, 1, 5, 6) for k in (1.0, 2.0, 3.0)])
+    t = torch.tensor([0, 10, 3])
+    factory = lambda f, c: Recorder(f, c, zero=True)  # noqa: E731
+    head = ContextPrediction(decoder=factory, weight=TruncatedWeight(1.0, t_max=5),
+                             point_fraction=0.5).build(3, 1)
+    losses = [head(feats, t, x0, generator=torch.Generator().manual_seed(s)).loss.item()
+              for s in range(300)]
+    assert set(head.decoder.seen) == {30}  # 45 points of 90, scaled to the 60 active ones
+    assert sum(losses) / len(losses) == pytest.approx((1 * 30 + 9 * 30) / 90, rel=0.03)
+    assert len(set(losses)) > 1  # the draws differ
 
 
 def test_schedule_dependent_weight_needs_schedule():

@@ -373,7 +373,8 @@ class ContextHead(nn.Module):
         -------
         ContextOutput
             ``(loss, w2)``: the :math:`\lambda_t`-weighted mean over points of the stride-averaged
-            :math:`W_2^2`, and its unweighted, detached value.
+            :math:`W_2^2`, and its unweighted, detached mean over the points computed (those of
+            images with :math:`\lambda_t > 0`; see :meth:`_points`).
 
         Notes
         -----
@@ -391,14 +392,12 @@ class ContextHead(nn.Module):
             y = y.detach().float()
         lam = self.weight(t, schedule).to(device=device, dtype=torch.float32)
 
-        n = self.n_points(n_total)
+        index, divisor = self._points(lam, B, hw, generator)
         h = features.permute(0, 2, 3, 1).reshape(n_total, F)
-        if n < n_total:
-            index = torch.randperm(n_total, generator=generator, device=device)[:n]
+        if index is not None:
             h = torch.index_select(h, 0, index)  # backward: index_add, fast
             image = index // hw
         else:
-            index = None
             image = torch.arange(B, device=device).repeat_interleave(hw)
         tp = t.to(device)[image]
         neighbourhoods = self.sampler.gather(y, index)
@@ -420,5 +419,44 @@ class ContextHead(nn.Module):
             samples = samples.float()
             terms = [self.metric(samples, v, None, w) for v, w in neighbourhoods]
         w2 = torch.stack(terms).mean(0) if len(terms) > 1 else terms[0]
-        loss = (lam[image] * w2).mean()
+        weighted = lam[image] * w2
+        # the plain mean when every computed point counts once (every image active)
+        loss = weighted.mean() if divisor == weighted.numel() else weighted.sum() / divisor
         return ContextOutput(loss, w2.detach().mean())
+
+    def _points(
+        self, lam: torch.Tensor, B: int, hw: int, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor | None, float]:
+        r"""The points the term is computed on this call, and the divisor of its weighted sum.
+
+        Returns ``(index, divisor)``: ``index`` holds flat indices into the ``B * hw`` points
+        (``None``: all of them, in order) and the loss is ``sum_i lam_i W2_i / divisor``, an
+        unbiased estimate of the mean of :math:`\lambda_t W_2^2` over all points.
+
+        Points of images whose :math:`\lambda_t` is 0 (e.g. outside a
+        :class:`~conprediff.context.TruncatedWeight` window) add nothing to the loss or its
+        gradient, so they are not computed: the ``n = point_fraction * B * hw`` points are
+        drawn from the ``B_a`` images with :math:`\lambda_t > 0` only, ``n_a = round(n B_a /
+        B)`` of them, and the divisor is ``n_a B / B_a``. With every image active this is the
+        plain uniform draw of ``n`` points (divisor ``n``). With none active one point is kept
+        (its weight is 0), so that the decoder still takes part in the graph (DDP expects every
+        parameter to).
+        """
+        n_total = B * hw
+        n = self.n_points(n_total)
+        device = lam.device
+        active = lam > 0
+        n_images = int(active.sum())
+        if n_images == B:
+            if n == n_total:
+                return None, float(n)
+            return torch.randperm(n_total, generator=generator, device=device)[:n], float(n)
+        if n_images == 0:
+            return torch.zeros(1, dtype=torch.long, device=device), 1.0
+        images = torch.nonzero(active).squeeze(1)
+        candidates = (images[:, None] * hw + torch.arange(hw, device=device)).reshape(-1)
+        n_active = min(candidates.numel(), max(1, round(n * n_images / B)))
+        if n_active < candidates.numel():
+            pick = torch.randperm(candidates.numel(), generator=generator, device=device)
+            candidates = candidates[pick[:n_active]]
+        return candidates, n_active * B / n_images

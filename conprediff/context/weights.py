@@ -147,6 +147,11 @@ class TruncatedWeight(BaseEstimator):
     t_min : int, default=0
         The first timestep with a non-zero weight. ``t_min = T // 2`` with ``t_max = T - 1``
         keeps the term at high noise only.
+
+    Notes
+    -----
+    The context term skips the points of images whose weight is 0, so a window over a fraction
+    of the timesteps also cuts the decoder's and the metric's work to about that fraction.
     """
 
     def __init__(self, base=1.0, t_max: int = 0, t_min: int = 0):
