@@ -374,7 +374,7 @@ class ContextHead(nn.Module):
         ContextOutput
             ``(loss, w2)``: the :math:`\lambda_t`-weighted mean over points of the stride-averaged
             :math:`W_2^2`, and its unweighted, detached mean over the points computed (those of
-            images with :math:`\lambda_t > 0`; see :meth:`_points`).
+            images with :math:`\lambda_t > 0`).
 
         Notes
         -----
