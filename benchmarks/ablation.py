@@ -525,6 +525,11 @@ def signed(x: float, digits: int = 1) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:+.{digits}f}"
 
 
+def per_seed(seeds: list[int], diffs: list[float], digits: int = 1) -> str:
+    """Paired differences labelled by seed: ``"-5.0 (s0), +4.0 (s1)"``."""
+    return ", ".join(f"{signed(d, digits)} (s{k})" for k, d in zip(seeds, diffs, strict=True))
+
+
 def interp_time(points: list[tuple[float, float]], t: float) -> float:
     """Linear interpolation of (seconds, FID); NaN outside the measured range."""
     points = sorted(p for p in points if math.isfinite(p[0]))
@@ -688,7 +693,7 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
             ratio = float(np.mean(ratios))
             favour = sum(d < 0 for d in diffs)
             goal = "yes" if ratio <= 0.9 and favour == len(diffs) else "no"
-            per = ", ".join(f"{signed(d)} (s{k})" for k, d in zip(used, diffs, strict=True))
+            per = per_seed(used, diffs)
             lines.append(f"| {arm} | {s} | {per} | {signed(mean)} [{signed(lo)}, {signed(hi)}] "
                          f"| {ratio:.3f} | {favour}/{len(diffs)} | {goal} |")
     lines.append("")
@@ -927,8 +932,7 @@ def class_section(out: Path, res: dict, arms: list[str], seeds: list[int],
                     mean, lo, hi = t_interval(diffs)
                     _, dtv, _ = paired(res, arm, seeds, s, "class_tv")
                     mtv, ltv, htv = t_interval(dtv)
-                    per = ", ".join(f"{signed(d, 2)} (s{k})"
-                                    for k, d in zip(used, diffs, strict=True))
+                    per = per_seed(used, diffs, 2)
                     cells += [per, f"{signed(mean, 2)} [{signed(lo, 2)}, {signed(hi, 2)}]",
                               fmt(float(np.mean(ratios)) if ratios else math.nan, 3),
                               f"{sum(d < 0 for d in diffs)}/{len(diffs)}",
@@ -953,7 +957,7 @@ def against_default_section(res: dict, arms: list[str], seeds: list[int],
                 if not diffs:
                     continue
                 mean, lo, hi = t_interval(diffs)
-                per = ", ".join(f"{signed(d)} (s{k})" for k, d in zip(used, diffs, strict=True))
+                per = per_seed(used, diffs)
                 rows.append(f"| {arm} | {s} | {label} | {per} | {signed(mean)} [{signed(lo)}, "
                             f"{signed(hi)}] | {sum(d < 0 for d in diffs)}/{len(diffs)} |")
     if not rows:
