@@ -64,6 +64,7 @@ from conprediff.evaluation import (
 from conprediff.training.checkpoint import list_checkpoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import describe_context  # noqa: E402
 from common import machine as common_machine  # noqa: E402
 
 BASELINE = "baseline"
@@ -93,6 +94,11 @@ def arm_catalogue(timesteps: int) -> dict[str, dict[str, Any] | None]:
         "lambda=high-t": {
             "weight": TruncatedWeight(base, t_max=timesteps - 1, t_min=timesteps // 2)
         },
+        # the pilot's gain sat in the noisier half and grew with lambda: both together, at the
+        # high-t window's cost (the points of images with lambda_t = 0 are skipped)
+        "lambda=0.3-high-t": {
+            "weight": TruncatedWeight(0.3, t_max=timesteps - 1, t_min=timesteps // 2)
+        },
         "metric=auto": {"metric": "auto"},
         "metric=gaussian": {"decoder": "gaussian"},
         "target=x0": {"target": "x0"},
@@ -107,7 +113,7 @@ SWEEPS = {
     "main": [DEFAULT],
     "strides": ["strides=1", "strides=1,2", "strides=1,2,3"],
     "lambda": ["lambda=0.05", "lambda=0.1", "lambda=0.3", "lambda=1", "lambda=decaying",
-               "lambda=snr", "lambda=truncated", "lambda=high-t"],
+               "lambda=snr", "lambda=truncated", "lambda=high-t", "lambda=0.3-high-t"],
     "metric": ["metric=auto", "metric=gaussian"],
     "target": ["target=x0", "target=posterior"],
     "point-fraction": ["point_fraction=0.25", "point_fraction=0.5", "point_fraction=1"],
@@ -120,10 +126,7 @@ def make_context(kwargs: dict[str, Any] | None) -> ContextPrediction | None:
 
 def config_key(kwargs: dict[str, Any] | None) -> str:
     """A canonical text of an arm's full configuration (to find arms that are the same run)."""
-    if kwargs is None:
-        return "None"
-    params = ContextPrediction(**kwargs).get_params(deep=False)
-    return "ContextPrediction(" + ", ".join(f"{k}={params[k]!r}" for k in sorted(params)) + ")"
+    return describe_context(make_context(kwargs))
 
 
 def select_arms(args: argparse.Namespace, timesteps: int) -> tuple[list[str], dict[str, str]]:

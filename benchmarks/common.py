@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from conprediff.context import ContextPrediction
 from conprediff.schedules import NoiseSchedule
 from conprediff.training.loop import DiffusionObjective
 
@@ -25,6 +26,15 @@ def machine() -> str:
     if torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name(0)}"
     return text
+
+
+def describe_context(context: ContextPrediction | None) -> str:
+    """``ContextPrediction(...)`` with every parameter spelled out in sorted order (``'None'`` for
+    the baseline): a canonical text of a configuration, to key caches and results by."""
+    if context is None:
+        return "None"
+    params = context.get_params(deep=False)
+    return "ContextPrediction(" + ", ".join(f"{k}={params[k]!r}" for k in sorted(params)) + ")"
 
 
 def train_step(

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine
+from common import describe_context, machine
 from tqdm.auto import tqdm
 
 from conprediff import ConPreDiffModel, ContextPrediction, UNet
@@ -99,7 +99,16 @@ def model_config(args: argparse.Namespace, arm: str) -> dict:
         "seed": args.seed,
         "split_seed": args.split_seed,
         "n_test": args.n_test,
-    }
+    } | ({} if arm != "ConPreDiff" else {
+        # the context term's full configuration, so that a change of the library's defaults
+        # (lambda_t went from 1 to 0.1 after the first runs) trains a new model; the baseline's
+        # key is unchanged
+        "context": describe_context(make_context(arm)),
+    })
+
+
+def make_context(arm: str) -> ContextPrediction | None:
+    return ContextPrediction() if arm == "ConPreDiff" else None
 
 
 def get_model(
@@ -119,7 +128,7 @@ def get_model(
     print(f"[{arm}] training {args.train_steps} steps on {len(train_x)} images")
     model = ConPreDiffModel(
         backbone=UNet(base_channels=args.base_channels, channel_mults=tuple(args.channel_mults)),
-        context=ContextPrediction() if arm == "ConPreDiff" else None,
+        context=make_context(arm),
         max_steps=args.train_steps,
         lr=args.lr,
         batch_size=args.batch_size,
@@ -381,7 +390,9 @@ def main() -> None:
         f"* Models: `UNet(base_channels={args.base_channels}, channel_mults="
         f"{tuple(args.channel_mults)})`, lr {args.lr:g}, {args.train_steps} steps, batch "
         f"{args.batch_size}, EMA 0.999, seed {args.seed} for both arms; ConPreDiff = "
-        f"`context=ContextPrediction()` (defaults), baseline = `context=None` ({trained}).\n"
+        f"`context=ContextPrediction()` (the defaults of this run: "
+        f"`weight={ContextPrediction().weight!r}`, `strides={ContextPrediction().strides!r}`), "
+        f"baseline = `context=None` ({trained}).\n"
         f"* Inpainting: `sampler='ddpm'`, steps={args.steps}, jump_length={args.jump_length}; "
         f"resample = jump_n_sample={args.jump_n_sample}, replace = jump_n_sample=1; sampling seed "
         f"{args.sample_seed} + family index, identical for all four arms; mask of image i: "

@@ -202,3 +202,24 @@ def test_restore_archive_brings_back_the_results_a_report_needs(tmp_path):
     (other / "protocol.json").write_text(json.dumps({"dataset": "mnist"}))
     with pytest.raises(SystemExit, match="another protocol"):
         restore_archive(archive, other)
+
+
+def test_inpaint_cache_key_follows_the_context_configuration(monkeypatch):
+    # the first inpainting runs were cached under a key without the context's settings, so a
+    # change of the default lambda_t would have loaded the old model; now the key holds them
+    import argparse
+
+    import inpaint_eval
+
+    args = argparse.Namespace(
+        dataset="digits", base_channels=8, channel_mults=[1, 2], lr=1e-3, train_steps=10,
+        batch_size=4, seed=0, split_seed=0, n_test=5,
+    )
+    base = inpaint_eval.model_config(args, "baseline")
+    ours = inpaint_eval.model_config(args, "ConPreDiff")
+    assert "context" not in base  # the baseline's cached models stay valid
+    assert "weight=0.1" in ours["context"] and "strides=(1, 2)" in ours["context"]
+    monkeypatch.setattr(
+        inpaint_eval, "make_context", lambda arm: inpaint_eval.ContextPrediction(weight=1.0)
+    )
+    assert inpaint_eval.model_config(args, "ConPreDiff") != ours
