@@ -88,6 +88,7 @@ def split(n: int, n_test: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------- models
 def model_config(args: argparse.Namespace, arm: str) -> dict:
+    context = make_context(arm)
     return {
         "dataset": args.dataset,
         "arm": arm,
@@ -99,11 +100,11 @@ def model_config(args: argparse.Namespace, arm: str) -> dict:
         "seed": args.seed,
         "split_seed": args.split_seed,
         "n_test": args.n_test,
-    } | ({} if arm != "ConPreDiff" else {
+    } | ({} if context is None else {
         # the context term's full configuration, so that a change of the library's defaults
         # (lambda_t went from 1 to 0.1 after the first runs) trains a new model; the baseline's
         # key is unchanged
-        "context": describe_context(make_context(arm)),
+        "context": describe_context(context),
     })
 
 
@@ -384,6 +385,7 @@ def main() -> None:
         + (", loaded from the cache in this run" if cached[a] else "")
         for a, s in train_seconds.items()
     )
+    ours = make_context("ConPreDiff")
     settings = (
         f"* Data: {args.dataset} ({H}×{W}), {len(train_x)} training images, {args.n_test} held "
         f"out (split seed {args.split_seed}); the first {len(eval_x)} held-out images evaluated.\n"
@@ -391,7 +393,7 @@ def main() -> None:
         f"{tuple(args.channel_mults)})`, lr {args.lr:g}, {args.train_steps} steps, batch "
         f"{args.batch_size}, EMA 0.999, seed {args.seed} for both arms; ConPreDiff = "
         f"`context=ContextPrediction()` (the defaults of this run: "
-        f"`weight={ContextPrediction().weight!r}`, `strides={ContextPrediction().strides!r}`), "
+        f"`weight={ours.weight!r}`, `strides={ours.strides!r}`), "
         f"baseline = `context=None` ({trained}).\n"
         f"* Inpainting: `sampler='ddpm'`, steps={args.steps}, jump_length={args.jump_length}; "
         f"resample = jump_n_sample={args.jump_n_sample}, replace = jump_n_sample=1; sampling seed "
