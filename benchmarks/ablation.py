@@ -29,6 +29,7 @@ resumes training from the checkpoints. ``--report-only`` rewrites the report fro
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -72,12 +73,21 @@ DEFAULT = "conprediff"
 
 
 # ------------------------------------------------------------------------------------------ arms
-def arm_catalogue(timesteps: int) -> dict[str, dict[str, Any] | None]:
-    """Every arm by name: ``None`` is the baseline, a dict the ``ContextPrediction`` arguments
-    that differ from the library's defaults (strides (1, 2), lambda 0.1, sampled decoder with the
-    exact sorted W2 ('auto'), x0 targets, point_fraction 0.5)."""
-    base = float(ContextPrediction().weight)
-    return {
+def arm_catalogue(
+    timesteps: int, context_base: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any] | None]:
+    """Every arm by name: ``None`` is the baseline, a dict the ``ContextPrediction`` arguments.
+
+    Each arm is ``context_base`` (the output folder's :attr:`Protocol.context_base`; empty: the
+    library's defaults, i.e. strides (1, 2), lambda 0.1, sampled decoder with the exact sorted W2
+    ('auto'), x0 targets, point_fraction 0.25) updated with the arm's own settings. The
+    reference arm ``conprediff`` is ``context_base`` itself.
+    """
+    # JSON has no tuples: the protocol keeps strides=(1, 2) as [1, 2]
+    context_base = {k: tuple(v) if isinstance(v, list) else v
+                    for k, v in (context_base or {}).items()}
+    base = float(ContextPrediction(**context_base).weight)
+    arms: dict[str, dict[str, Any] | None] = {
         BASELINE: None,
         DEFAULT: {},
         "strides=1": {"strides": (1,)},
@@ -99,14 +109,16 @@ def arm_catalogue(timesteps: int) -> dict[str, dict[str, Any] | None]:
         "lambda=0.3-high-t": {
             "weight": TruncatedWeight(0.3, t_max=timesteps - 1, t_min=timesteps // 2)
         },
-        "metric=auto": {"metric": "auto"},
-        "metric=gaussian": {"decoder": "gaussian"},
+        # both settings, so that neither arm inherits the other's from a context_base
+        "metric=auto": {"decoder": "sampled", "metric": "auto"},
+        "metric=gaussian": {"decoder": "gaussian", "metric": "auto"},
         "target=x0": {"target": "x0"},
         "target=posterior": {"target": "posterior"},
         "point_fraction=0.25": {"point_fraction": 0.25},
         "point_fraction=0.5": {"point_fraction": 0.5},
         "point_fraction=1": {"point_fraction": 1.0},
     }
+    return {name: None if kw is None else {**context_base, **kw} for name, kw in arms.items()}
 
 
 SWEEPS = {
@@ -129,9 +141,10 @@ def config_key(kwargs: dict[str, Any] | None) -> str:
     return describe_context(make_context(kwargs))
 
 
-def select_arms(args: argparse.Namespace, timesteps: int) -> tuple[list[str], dict[str, str]]:
+def select_arms(args: argparse.Namespace, timesteps: int,
+                context_base: dict[str, Any] | None = None) -> tuple[list[str], dict[str, str]]:
     """The arms to run (baseline first, duplicates removed) and the aliases dropped."""
-    catalogue = arm_catalogue(timesteps)
+    catalogue = arm_catalogue(timesteps, context_base)
     names = [BASELINE]
     for sweep in args.sweep:
         for group in SWEEPS if sweep == "all" else [sweep]:
@@ -179,12 +192,56 @@ class Protocol:
     sample_seed: int
     classifier_epochs: int
     kid_subset_size: int
+    # ContextPrediction arguments under every arm (--context-base): pins settings whose library
+    # default changed after a folder's first results, so that its arms keep their meaning
+    context_base: dict[str, Any] = field(default_factory=dict)
+
+
+# the library defaults that differed when Protocol.context_base was introduced (2026-11-29):
+# every folder written before then ran its arms on them
+LEGACY_CONTEXT_BASE = {"point_fraction": 0.5}
+
+
+def saved_protocol(d: dict[str, Any]) -> dict[str, Any]:
+    """A ``protocol.json`` (or archive) dict in the current form: files written before
+    ``context_base`` existed ran on :data:`LEGACY_CONTEXT_BASE`."""
+    return {"context_base": dict(LEGACY_CONTEXT_BASE), **d}
 
 
 def load_protocol(out: Path) -> Protocol:
     """The protocol an output folder's results were produced with (its ``protocol.json``)."""
-    saved = json.loads((out / "protocol.json").read_text())
+    saved = saved_protocol(json.loads((out / "protocol.json").read_text()))
     return Protocol(**{**saved, "channel_mults": tuple(saved["channel_mults"])})
+
+
+def parse_context_base(items: list[str] | None) -> dict[str, Any]:
+    """``["point_fraction=0.5", "strides=(1, 2)"]`` -> ``{"point_fraction": 0.5, ...}``.
+
+    Values are Python literals (numbers, tuples, strings), so that the protocol stays plain
+    JSON; the names must be ``ContextPrediction`` arguments and the whole must build (checked
+    here, before anything is written into ``--out``).
+    """
+    known = set(ContextPrediction().get_params(deep=False))
+    base: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        if not sep or name not in known:
+            raise SystemExit(f"--context-base takes NAME=VALUE with NAME one of {sorted(known)}, "
+                             f"got {item!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text  # a bare word: a string such as decoder=gaussian
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, str | int | float | bool | list):
+            raise SystemExit(f"--context-base {name}: a number, string or tuple, got {text!r}")
+        base[name] = value
+    try:
+        ContextPrediction(**arm_catalogue(1000, base)[DEFAULT]).build(8, 1)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"--context-base {' '.join(items or [])}: {err}") from None
+    return base
 
 
 def load_data(dataset: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -617,14 +674,15 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
                  command: str, accuracy: float | None, quick: bool,
                  report_only: bool = False) -> Path:
     res = load_results(out)
-    catalogue = arm_catalogue(p.timesteps)
+    catalogue = arm_catalogue(p.timesteps, p.context_base)
     for (arm, seed, step), r in res.items():
         if arm in arms and r.get("config") != config_key(catalogue[arm]):
             raise SystemExit(
                 f"the result of arm {arm!r}, seed {seed}, step {step} was produced by "
                 f"{r.get('config')}, not by the arm's configuration {config_key(catalogue[arm])} "
-                "(did a library default change?); rename its folder to the arm it is, or use "
-                "another --out")
+                "(did a library default change? the folder's protocol.json can pin the old "
+                "value in its context_base, see --context-base); rename its folder to the arm "
+                "it is, or use another --out")
     others = [a for a in arms if a != BASELINE]
     lines = []
     title = f"Ablation results: {p.dataset}" + ("" if out.name == p.dataset else f" ({out.name})")
@@ -649,6 +707,13 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
         "CI: 95 % t-interval of the mean difference.",
         "",
     ]
+    if p.context_base:
+        lines += [
+            "Every arm is built on `ContextPrediction(" + ", ".join(
+                f"{k}={tuple(v) if isinstance(v, list) else v!r}"
+                for k, v in p.context_base.items()) + ")` (the folder's "
+            "`--context-base`), not on today's library defaults: the reference arm "
+            f"`{DEFAULT}` is `{config_key(catalogue[DEFAULT])}`.", ""]
     if aliases:
         lines += ["Arms that are the same run: " + ", ".join(
             f"`{a}` = `{b}`" for a, b in aliases.items()) + ".", ""]
@@ -833,7 +898,8 @@ def restore_archive(path: Path, out: Path) -> int:
     """
     archive = json.loads(Path(path).read_text())
     proto_path = out / "protocol.json"
-    if proto_path.is_file() and json.loads(proto_path.read_text()) != archive["protocol"]:
+    if proto_path.is_file() and (saved_protocol(json.loads(proto_path.read_text()))
+                                 != saved_protocol(archive["protocol"])):
         raise SystemExit(f"{out} holds results of another protocol than {path}")
     if not proto_path.is_file():
         atomic_json(proto_path, archive["protocol"])
@@ -1081,6 +1147,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--arms", nargs="+", default=None,
                     help="more arms by name (see --list-arms)")
     ap.add_argument("--list-arms", action="store_true", help="print the arms and exit")
+    ap.add_argument("--context-base", nargs="+", default=None, metavar="NAME=VALUE",
+                    help="ContextPrediction arguments under every arm, recorded in the "
+                         "protocol (e.g. point_fraction=0.5 to continue a folder whose arms were "
+                         "run before that default changed)")
     ap.add_argument("--seeds", type=int, default=5, help="number of paired seeds")
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--steps", default=None,
@@ -1151,21 +1221,22 @@ def main(argv: list[str] | None = None) -> None:
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, timesteps=args.timesteps,
         n_samples=args.n_samples, sample_steps=args.sample_steps, sample_seed=args.sample_seed,
         classifier_epochs=args.classifier_epochs, kid_subset_size=min(1000, args.n_samples),
+        context_base=parse_context_base(args.context_base),
     )
     out: Path = args.out
     proto_path = out / "protocol.json"
     if args.restore_archive is not None:
         n = restore_archive(args.restore_archive, out)
         print(f"restored {n} results from {args.restore_archive} into {out}")
-    if args.report_only and proto_path.is_file():
+    if (args.report_only or args.list_arms) and proto_path.is_file():
         # the report describes what is on disk, whatever the flags say about the protocol
         p = load_protocol(out)
-    catalogue = arm_catalogue(p.timesteps)
+    catalogue = arm_catalogue(p.timesteps, p.context_base)
     if args.list_arms:
         for name, kw in catalogue.items():
             print(f"{name:<22}{config_key(kw)}")
         return
-    arms, aliases = select_arms(args, p.timesteps)
+    arms, aliases = select_arms(args, p.timesteps, p.context_base)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     if args.report_only and not args.steps_given:
         # ... and its steps, unless --steps says otherwise
@@ -1191,7 +1262,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_only:
         pass  # write nothing into --out
     elif proto_path.is_file():
-        old = json.loads(proto_path.read_text())
+        old = saved_protocol(json.loads(proto_path.read_text()))
         if old != json.loads(json.dumps(asdict(p))):
             diff = {k: (old.get(k), v) for k, v in json.loads(json.dumps(asdict(p))).items()
                     if old.get(k) != v}

@@ -19,14 +19,17 @@ from conprediff import ContextPrediction, UNet
 from conprediff.context import TruncatedWeight
 from conprediff.wasserstein import SortedW2
 
-# Every setting is spelled out, so a change of ContextPrediction's defaults cannot relabel a row.
+# A row named "default" or "(default)" follows ContextPrediction's defaults; every other row
+# spells out the settings it names, so a change of the defaults cannot relabel it.
 CONFIGS = {
-    "default: sampled, latent 8, point_fraction 0.5, sorted W2": dict(),
+    "default: sampled, latent 8, point_fraction 0.25, sorted W2": dict(),
+    "sampled, latent 8, point_fraction 0.5 (the default until 2026-11-29)": dict(
+        latent_dim=8, point_fraction=0.5
+    ),
     "sampled, latent 16, every point (deck's decoder, no subsampling)": dict(
         latent_dim=16, point_fraction=1.0
     ),
     "sampled, latent 8, every point": dict(latent_dim=8, point_fraction=1.0),
-    "sampled, latent 8, point_fraction 0.25": dict(latent_dim=8, point_fraction=0.25),
     "sampled, latent 4, point_fraction 0.5": dict(latent_dim=4, point_fraction=0.5),
     "sampled (default) + SortedW2 sort='network' (the CPU default before 2026-11-29)": dict(
         metric=SortedW2(sort="network", validate=False)
@@ -39,7 +42,12 @@ CONFIGS = {
     "sampled (default) + SinkhornW2, eps 1e-2, 100 iterations": dict(metric="sinkhorn"),
     "sampled (default) + GaussianW2 on the samples": dict(metric="gaussian"),
     "gaussian decoder, closed form, every point": dict(decoder="gaussian", point_fraction=1.0),
-    "gaussian decoder, closed form, point_fraction 0.5": dict(decoder="gaussian"),
+    "gaussian decoder, closed form, point_fraction 0.5": dict(
+        decoder="gaussian", point_fraction=0.5
+    ),
+    "gaussian decoder, closed form, point_fraction 0.25 (default fraction)": dict(
+        decoder="gaussian"
+    ),
 }
 
 

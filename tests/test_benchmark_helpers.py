@@ -14,15 +14,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from ablation import (  # noqa: E402
+    DEFAULT,
     Evaluator,
     Protocol,
     against_default_section,
     archive_results,
+    arm_catalogue,
+    config_key,
     equal_time_rows,
     finite_summary,
+    load_protocol,
     load_results,
+    parse_context_base,
     read_floor,
     restore_archive,
+    select_arms,
 )
 from memorisation import memorisation, nearest_distances  # noqa: E402
 
@@ -150,6 +156,37 @@ def tiny_protocol(**changes) -> Protocol:
                   timesteps=10, n_samples=16, sample_steps=2, sample_seed=0,
                   classifier_epochs=1, kid_subset_size=16)
     return Protocol(**{**kwargs, **changes})
+
+
+def test_context_base_pins_every_arm_of_a_folder(tmp_path):
+    # the folder's arms were run when point_fraction defaulted to 0.5
+    base = parse_context_base(["point_fraction=0.5", "strides=(1, 2)", "decoder=sampled"])
+    assert base == {"point_fraction": 0.5, "strides": [1, 2], "decoder": "sampled"}
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        parse_context_base(["pointfraction=0.5"])
+    with pytest.raises(SystemExit, match="point_fraction"):  # checked before anything is written
+        parse_context_base(["point_fraction=5"])
+    pinned = arm_catalogue(1000, json.loads(json.dumps(base)))  # as read back from JSON
+    assert pinned[DEFAULT] == {"point_fraction": 0.5, "strides": (1, 2), "decoder": "sampled"}
+    assert pinned["lambda=0.3"] == {**pinned[DEFAULT], "weight": 0.3}
+    assert "point_fraction=0.5" in config_key(pinned["lambda=0.3"])
+    assert pinned["baseline"] is None
+    # the arm that equals the pinned reference runs under its name; today's default does not
+    args = type("Args", (), {"sweep": [], "arms": ["point_fraction=0.5", "point_fraction=0.25"]})
+    arms, aliases = select_arms(args, 1000, base)
+    assert aliases == {"point_fraction=0.5": DEFAULT}
+    assert arms == ["baseline", DEFAULT, "point_fraction=0.25"]
+    arms, aliases = select_arms(args, 1000)  # library defaults: 0.25 is the reference
+    assert aliases == {"point_fraction=0.25": DEFAULT} and "point_fraction=0.5" in arms
+    # a protocol.json written before context_base existed ran on the defaults of that time
+    saved = {k: v for k, v in vars(tiny_protocol()).items() if k != "context_base"}
+    (tmp_path / "protocol.json").write_text(json.dumps(saved))
+    assert load_protocol(tmp_path) == tiny_protocol(context_base={"point_fraction": 0.5})
+    # arms that set the decoder set the metric too, so a base cannot make them clash or merge
+    gauss = arm_catalogue(1000, {"decoder": "gaussian"})
+    assert gauss["metric=auto"]["decoder"] == "sampled"
+    sliced = arm_catalogue(1000, {"metric": "sliced"})
+    assert sliced["metric=gaussian"] == {"decoder": "gaussian", "metric": "auto"}
 
 
 def test_archive_results_keeps_what_a_later_report_lacks(tmp_path):
