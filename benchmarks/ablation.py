@@ -1266,7 +1266,14 @@ def main(argv: list[str] | None = None) -> None:
         if old != json.loads(json.dumps(asdict(p))):
             diff = {k: (old.get(k), v) for k, v in json.loads(json.dumps(asdict(p))).items()
                     if old.get(k) != v}
-            raise SystemExit(f"{out} holds results of another protocol {diff}; use another --out")
+            hint = ""
+            if "context_base" in diff:
+                hint = (" or pass --context-base " + " ".join(
+                    f"{k}={tuple(v) if isinstance(v, list) else v!r}".replace(" ", "")
+                    for k, v in old["context_base"].items())
+                    if old["context_base"] else " or leave out --context-base")
+            raise SystemExit(f"{out} holds results of another protocol {diff}; use another --out"
+                             + hint)
     else:
         atomic_json(proto_path, asdict(p))
 
