@@ -425,7 +425,9 @@ def main() -> None:
     figure(res, args.families, fig_path,
            f"{args.dataset}, {len(eval_x)} held-out images, steps={args.steps}, "
            f"jump_length={args.jump_length}, jump_n_sample={args.jump_n_sample} vs 1 (± 1 SE)")
-    doc = f"""# Inpainting on held-out images: resampling vs replacement, ConPreDiff vs baseline
+    load_average = os.getloadavg()[0]
+    held_out = "held-out MNIST images" if args.dataset == "mnist" else "held-out images"
+    doc = f"""# Inpainting on {held_out}: resampling vs replacement, ConPreDiff vs baseline
 
 Produced by
 
@@ -433,7 +435,7 @@ Produced by
 {command}
 ```
 
-on {date}, {machine()}, {os.cpu_count()} CPU cores (shared with other jobs).
+on {date}, {machine()}, {os.cpu_count()} CPU cores (load average {load_average:.1f} at the end).
 Wall time {wall / 60:.1f} min (training included only where the settings say it was not
 loaded from the cache). `--quick` is a smoke run that only prints; `--dataset mnist` runs the
 same protocol on MNIST-5k (28×28).
@@ -446,7 +448,7 @@ same protocol on MNIST-5k (28×28).
 
 {main_table}
 
-![missing-region MSE per family](inpaint_eval.png)
+![missing-region MSE per family]({fig_path.name})
 
 Paired differences of the missing-region MSE (same image, mask and sampling seed), mean ± SE over
 images; `*` marks a difference larger than two standard errors. Negative = the first arm is better.
