@@ -214,6 +214,15 @@ def load_protocol(out: Path) -> Protocol:
     return Protocol(**{**saved, "channel_mults": tuple(saved["channel_mults"])})
 
 
+def context_base_text(base: dict[str, Any], sep: str = ", ") -> str:
+    """``{"point_fraction": 0.5, "strides": [1, 2]}`` -> ``point_fraction=0.5, strides=(1, 2)``
+    (the inverse of :func:`parse_context_base`, with ``sep=" "`` and no spaces in values)."""
+    def literal(v: Any) -> str:
+        text = repr(tuple(v) if isinstance(v, list) else v)
+        return text if sep == ", " else text.replace(" ", "")
+    return sep.join(f"{k}={literal(v)}" for k, v in base.items())
+
+
 def parse_context_base(items: list[str] | None) -> dict[str, Any]:
     """``["point_fraction=0.5", "strides=(1, 2)"]`` -> ``{"point_fraction": 0.5, ...}``.
 
@@ -709,9 +718,8 @@ def write_report(out: Path, docs: Path, arms: list[str], aliases: dict[str, str]
     ]
     if p.context_base:
         lines += [
-            "Every arm is built on `ContextPrediction(" + ", ".join(
-                f"{k}={tuple(v) if isinstance(v, list) else v!r}"
-                for k, v in p.context_base.items()) + ")` (the folder's "
+            f"Every arm is built on `ContextPrediction({context_base_text(p.context_base)})` "
+            "(the folder's "
             "`--context-base`), not on today's library defaults: the reference arm "
             f"`{DEFAULT}` is `{config_key(catalogue[DEFAULT])}`.", ""]
     if aliases:
@@ -1268,10 +1276,8 @@ def main(argv: list[str] | None = None) -> None:
                     if old.get(k) != v}
             hint = ""
             if "context_base" in diff:
-                hint = (" or pass --context-base " + " ".join(
-                    f"{k}={tuple(v) if isinstance(v, list) else v!r}".replace(" ", "")
-                    for k, v in old["context_base"].items())
-                    if old["context_base"] else " or leave out --context-base")
+                hint = (" or pass --context-base " + context_base_text(old["context_base"], " ")
+                        if old["context_base"] else " or leave out --context-base")
             raise SystemExit(f"{out} holds results of another protocol {diff}; use another --out"
                              + hint)
     else:

@@ -21,6 +21,7 @@ from ablation import (  # noqa: E402
     archive_results,
     arm_catalogue,
     config_key,
+    context_base_text,
     equal_time_rows,
     finite_summary,
     load_protocol,
@@ -162,6 +163,8 @@ def test_context_base_pins_every_arm_of_a_folder(tmp_path):
     # the folder's arms were run when point_fraction defaulted to 0.5
     base = parse_context_base(["point_fraction=0.5", "strides=(1, 2)", "decoder=sampled"])
     assert base == {"point_fraction": 0.5, "strides": [1, 2], "decoder": "sampled"}
+    assert context_base_text(base) == "point_fraction=0.5, strides=(1, 2), decoder='sampled'"
+    assert parse_context_base(context_base_text(base, " ").split(" ")) == base
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         parse_context_base(["pointfraction=0.5"])
     with pytest.raises(SystemExit, match="point_fraction"):  # checked before anything is written
