@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo test lint docs bench clean gpu-prep
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ docs: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 	$(MAKE) docs
+
+# Before a GPU call: the wheels the GPU image lacks into .gpu/, and the MNIST plateau run's folder
+# (protocol, feature classifier, noise floor); see benchmarks/gpu_plateau.sh.
+gpu-prep: $(STAMP)
+	bash benchmarks/gpu_plateau.sh --prepare
 
 clean:
 	rm -rf docs/_build outputs .pytest_cache .ruff_cache

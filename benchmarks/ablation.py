@@ -32,11 +32,13 @@ import argparse
 import ast
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import sys
 import time
 import warnings
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from functools import reduce
 from pathlib import Path
@@ -438,10 +440,10 @@ def backfill(out: Path, evaluate: Evaluator) -> int:
 
 
 def make_extractor(p: Protocol, images: torch.Tensor, labels: torch.Tensor,
-                   cache_dir: str | None, device: str) -> FeatureExtractor:
+                   cache_dir: str | None, device: str, verbose: int = 1) -> FeatureExtractor:
     dev = None if device == "auto" else device
     extractor = FeatureExtractor(cache_dir=cache_dir, epochs=p.classifier_epochs, device=dev,
-                                 verbose=1).fit(images, labels)
+                                 verbose=verbose).fit(images, labels)
     extractor.verbose = 0  # no bar per evaluation
     return extractor
 
@@ -479,8 +481,13 @@ def atomic_json(path: Path, data: Any) -> None:
 
 def run_one(p: Protocol, arm: str, arm_kwargs: dict[str, Any] | None, seed: int,
             steps: list[int], every: int, out: Path, images: torch.Tensor,
-            evaluate: Evaluator, device: str, verbose: int, bar: tqdm) -> None:
-    """Train one (arm, seed) in segments and evaluate at each step not yet done."""
+            evaluate: Evaluator, device: str, verbose: int, bar: tqdm,
+            workers: int = 1) -> None:
+    """Train one (arm, seed) in segments and evaluate at each step not yet done.
+
+    ``workers``: how many such runs share the machine (recorded: with more than one, the
+    training times were measured under each other's load).
+    """
     ckpt_dir = out / "checkpoints" / slug(arm) / f"seed{seed}"
     timing_path = ckpt_dir / "train_seconds.json"
     key = config_key(arm_kwargs)
@@ -536,10 +543,61 @@ def run_one(p: Protocol, arm: str, arm_kwargs: dict[str, Any] | None, seed: int,
             "w2_last100": float(np.mean(history["w2"][-100:])) if "w2" in history else None,
             "load_average": os.getloadavg()[0],
             "threads": torch.get_num_threads(),
+            "workers": workers,
             "device": str(model.device_),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         })
         bar.update(1)
+
+
+def _run_job(p: Protocol, arm: str, arm_kwargs: dict[str, Any] | None, seed: int,
+             steps: list[int], every: int, out: Path, cache_dir: str | None, device: str,
+             threads: int, workers: int) -> None:
+    """One (arm, seed) run in a worker process: data and evaluator rebuilt, classifier cached."""
+    torch.set_num_threads(threads)
+    images, labels = load_data(p.dataset, p.size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extractor = make_extractor(p, images, labels, cache_dir, device, verbose=0)
+    evaluate = Evaluator(extractor, images, p.kid_subset_size)
+    with tqdm(disable=True) as bar:
+        run_one(p, arm, arm_kwargs, seed, steps, every, out, images, evaluate, device, 0, bar,
+                workers)
+
+
+def run_parallel(p: Protocol, jobs: list[tuple[str, int]], catalogue: dict[str, Any],
+                 steps: list[int], base_steps: list[int], every: int, out: Path,
+                 cache_dir: str | None, device: str, workers: int, threads: int,
+                 bar: tqdm, poll_seconds: float = 5.0) -> None:
+    """Run the (arm, seed) jobs in ``workers`` processes at once, ``threads`` torch threads each.
+
+    For a GPU, where one small model leaves the device mostly idle, so that several runs share it
+    at little cost to each. The feature classifier must already be in its cache (the workers
+    load it). Every job writes its own result files, which the bar counts as they appear; the
+    first job that fails stops the rest (the finished results stay; a rerun resumes).
+    """
+    grids = {job: base_steps if job[0] == BASELINE else steps for job in jobs}
+
+    def finished() -> int:
+        return sum(result_path(out, a, s, k).is_file() for (a, s), g in grids.items() for k in g)
+
+    todo = [job for job in jobs  # a process only for a job with an evaluation still to do
+            if not all(result_path(out, *job, k).is_file() for k in grids[job])]
+    if not todo:
+        return
+    context = multiprocessing.get_context("spawn")  # no forked CUDA state, same on every OS
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending = {pool.submit(_run_job, p, arm, catalogue[arm], seed, grids[(arm, seed)], every,
+                               out, cache_dir, device, threads, workers) for arm, seed in todo}
+        while pending:
+            done, pending = wait(pending, timeout=poll_seconds, return_when=FIRST_EXCEPTION)
+            bar.n = finished()
+            bar.refresh()
+            for future in done:
+                if future.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise future.exception()
 
 
 # ------------------------------------------------------------------------------------- report
@@ -1185,7 +1243,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="where the table and figure go (default docs/benchmarks; --quick: --out)")
     ap.add_argument("--cache-dir", default=None, help="feature classifier cache")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (with --workers: per worker; default the CPU "
+                         "cores shared out)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="(arm, seed) runs trained at once, each in its own process: for a GPU, "
+                         "which one small model leaves mostly idle. Their training times are "
+                         "then measured under each other's load, so the equal wall-clock "
+                         "comparison is not reliable; equal steps are unaffected")
     ap.add_argument("--verbose", type=int, default=0, help="1: training/sampling bars too")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 seeds, 20 steps, 64 samples, a tiny UNet")
@@ -1193,6 +1258,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="print the projected wall time of the run from a short timing")
     ap.add_argument("--estimate-steps", type=int, default=10,
                     help="training steps timed per arm by --estimate")
+    ap.add_argument("--prepare", action="store_true",
+                    help="write the protocol, train (or load) the feature classifier and measure "
+                         "the noise floor into --out, then stop: e.g. on a CPU before a timed GPU "
+                         "run that carries --out and --cache-dir along")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the table and figure from the results on disk")
     ap.add_argument("--restore-archive", type=Path, default=None, metavar="JSON",
@@ -1294,16 +1363,27 @@ def main(argv: list[str] | None = None) -> None:
         if filled:
             print(f"added the class-balanced FID to {filled} earlier results from their features")
         if read_floor(out, p.n_samples, len(images)) is None:
-            atomic_json(out / "floor.json", evaluate.floor(p.n_samples))
+            # a smoke run's floor only needs to exist: 8 splits per size instead of 200
+            atomic_json(out / "floor.json", evaluate.floor(
+                p.n_samples, **({"repeats": 4, "groups": 2} if args.quick else {})))
+        if args.prepare:
+            print(f"prepared {out}: protocol, feature classifier (held-out accuracy "
+                  f"{accuracy:.4f}, {extractor.cache_path_}) and noise floor")
+            return
         jobs = [(arm, seed) for seed in seeds for arm in arms]
         total = sum(len(base_steps if a == BASELINE else steps) for a, _ in jobs)
         with tqdm(total=total, desc="ablation (arm, seed, step)", dynamic_ncols=True) as bar:
             bar.update(sum(result_path(out, a, s, k).is_file() for a, s in jobs
                            for k in (base_steps if a == BASELINE else steps)))
-            for arm, seed in jobs:
-                grid = base_steps if arm == BASELINE else steps
-                run_one(p, arm, catalogue[arm], seed, grid, every, out, images, evaluate,
-                        args.device, args.verbose, bar)
+            if args.workers > 1:
+                threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+                run_parallel(p, jobs, catalogue, steps, base_steps, every, out, args.cache_dir,
+                             args.device, args.workers, threads, bar)
+            else:
+                for arm, seed in jobs:
+                    grid = base_steps if arm == BASELINE else steps
+                    run_one(p, arm, catalogue[arm], seed, grid, every, out, images, evaluate,
+                            args.device, args.verbose, bar)
     elif (out / "classifier.json").is_file():
         accuracy = json.loads((out / "classifier.json").read_text())["test_accuracy"]
     path = write_report(out, args.docs, arms, aliases, seeds, steps, base_steps, p, command,

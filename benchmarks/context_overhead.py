@@ -38,6 +38,10 @@ CONFIGS = {
         dict(weight=TruncatedWeight(0.1, t_max=999, t_min=500))
     ),
     "sampled (default), one stride: strides=(1,)": dict(strides=(1,)),
+    "sampled (default), three strides: strides=(1, 2, 3)": dict(strides=(1, 2, 3)),
+    "sampled, three strides, point_fraction 0.5 (the MNIST pilot's strides=1,2,3 arm)": dict(
+        strides=(1, 2, 3), point_fraction=0.5
+    ),
     "sampled (default) + SlicedW2, 64 projections": dict(metric="sliced"),
     "sampled (default) + SinkhornW2, eps 1e-2, 100 iterations": dict(metric="sinkhorn"),
     "sampled (default) + GaussianW2 on the samples": dict(metric="gaussian"),

@@ -5,15 +5,20 @@
 #      ratio (benchmarks/throughput.py),
 #   3. the context-prediction overhead at 1x28x28 on the GPU (benchmarks/context_overhead.py).
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]     (figures land in OUT_DIR, default gpu_check/)
+# On the project's GPU machines nothing can be installed from a registry, and their image lacks
+# POT and mlxtend: 'bash benchmarks/gpu_plateau.sh --prepare' (or make gpu-prep) downloads them
+# into .gpu/ on the CPU machine; carry .gpu along and they are installed from there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu_check}"
 mkdir -p "$out"
-export HF_HUB_OFFLINE=1
-py=python
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+py=python3
 if [ -x .venv/bin/python ]; then py=.venv/bin/python; fi
-if ! "$py" -c "import conprediff" 2>/dev/null; then
-  "$py" -m pip install --quiet -e '.[dev]'
+if ! "$py" -c "import ot, mlxtend" 2>/dev/null && ls .gpu/*.whl >/dev/null 2>&1; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .gpu/*.whl
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 "$py" - <<'PY' | tee "$out/device.txt"
 import torch

@@ -26,6 +26,7 @@ from ablation import (  # noqa: E402
     finite_summary,
     load_protocol,
     load_results,
+    main,
     parse_context_base,
     read_floor,
     restore_archive,
@@ -190,6 +191,30 @@ def test_context_base_pins_every_arm_of_a_folder(tmp_path):
     assert gauss["metric=auto"]["decoder"] == "sampled"
     sliced = arm_catalogue(1000, {"metric": "sliced"})
     assert sliced["metric=gaussian"] == {"decoder": "gaussian", "metric": "auto"}
+
+
+def test_workers_run_every_arm_and_seed_in_parallel_and_resume(tmp_path, capsys):
+    # --prepare does the one-off work (classifier, noise floor) before any run is trained
+    out = tmp_path / "run"
+    flags = ["--quick", "--steps", "4,8", "--wallclock-factor", "1.0", "--out", str(out),
+             "--cache-dir", str(tmp_path / "cache"), "--docs", str(tmp_path / "docs")]
+    main([*flags, "--prepare"])
+    assert {p.name for p in out.iterdir()} == {"protocol.json", "classifier.json", "floor.json"}
+    assert "prepared" in capsys.readouterr().out
+    # two (arm, seed) runs at a time, each in its own process
+    main([*flags, "--workers", "2"])
+    res = load_results(out)
+    assert set(res) == {(arm, seed, step) for arm in ("baseline", DEFAULT) for seed in (0, 1)
+                        for step in (4, 8)}
+    assert all(r["workers"] == 2 and r["threads"] >= 1 and math.isfinite(r["fid"])
+               for r in res.values())
+    assert res[(DEFAULT, 0, 8)]["config"] != res[("baseline", 0, 8)]["config"] == "None"
+    assert (tmp_path / "docs" / "ablation_digits_run_quick_results.md").is_file()
+    # a rerun finds everything done: it trains nothing and rewrites nothing
+    files = sorted((out / "results").glob("*/seed*/step*.json"))
+    stamps = [p.stat().st_mtime_ns for p in files]
+    main([*flags, "--workers", "2"])
+    assert [p.stat().st_mtime_ns for p in files] == stamps
 
 
 def test_archive_results_keeps_what_a_later_report_lacks(tmp_path):
