@@ -299,6 +299,11 @@ def eval_grid(steps: list[int], factor: float) -> tuple[list[int], list[int], in
     return steps, base_steps, reduce(math.gcd, base_steps)
 
 
+def arm_steps(arm: str, steps: list[int], base_steps: list[int]) -> list[int]:
+    """The evaluation steps of ``arm``: the baseline's grid is extended for equal time."""
+    return base_steps if arm == BASELINE else steps
+
+
 # ---------------------------------------------------------------------------------- evaluation
 class Evaluator:
     """Features of the real images once; FID, precision/recall (k=3) and KID of samples.
@@ -576,7 +581,7 @@ def run_parallel(p: Protocol, jobs: list[tuple[str, int]], catalogue: dict[str, 
     load it). Every job writes its own result files, which the bar counts as they appear; the
     first job that fails stops the rest (the finished results stay; a rerun resumes).
     """
-    grids = {job: base_steps if job[0] == BASELINE else steps for job in jobs}
+    grids = {job: arm_steps(job[0], steps, base_steps) for job in jobs}
 
     def finished() -> int:
         return sum(result_path(out, a, s, k).is_file() for (a, s), g in grids.items() for k in g)
@@ -1191,7 +1196,7 @@ def estimate(p: Protocol, arms: list[str], catalogue: dict, seeds: list[int], st
     print(f"{'arm':<22}{'s/step':>9}{'steps':>8}{'evals':>7}{'per seed (h)':>14}"
           f"{'all seeds (h)':>15}")
     for arm in arms:
-        grid = base_steps if arm == BASELINE else steps
+        grid = arm_steps(arm, steps, base_steps)
         one = per_step[arm] * grid[-1] + len(grid) * (sample_s + eval_s)
         total += one * len(seeds)
         print(f"{arm:<22}{per_step[arm]:>9.3f}{grid[-1]:>8}{len(grid):>7}{one / 3600:>14.2f}"
@@ -1371,17 +1376,17 @@ def main(argv: list[str] | None = None) -> None:
                   f"{accuracy:.4f}, {extractor.cache_path_}) and noise floor")
             return
         jobs = [(arm, seed) for seed in seeds for arm in arms]
-        total = sum(len(base_steps if a == BASELINE else steps) for a, _ in jobs)
+        total = sum(len(arm_steps(a, steps, base_steps)) for a, _ in jobs)
         with tqdm(total=total, desc="ablation (arm, seed, step)", dynamic_ncols=True) as bar:
             bar.update(sum(result_path(out, a, s, k).is_file() for a, s in jobs
-                           for k in (base_steps if a == BASELINE else steps)))
+                           for k in arm_steps(a, steps, base_steps)))
             if args.workers > 1:
                 threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
                 run_parallel(p, jobs, catalogue, steps, base_steps, every, out, args.cache_dir,
                              args.device, args.workers, threads, bar)
             else:
                 for arm, seed in jobs:
-                    grid = base_steps if arm == BASELINE else steps
+                    grid = arm_steps(arm, steps, base_steps)
                     run_one(p, arm, catalogue[arm], seed, grid, every, out, images, evaluate,
                             args.device, args.verbose, bar)
     elif (out / "classifier.json").is_file():
