@@ -115,8 +115,9 @@ def metrics_for(C: int):
     """(label, metric, fraction of P to time on) for C channels."""
     rows = []
     if C == 1:
-        rows.append(("SortedW2 (default, C=1; numpy sort on the CPU)", SortedW2(validate=False),
-                     1.0))
+        rows.append(("SortedW2 (default, C=1; sort='auto': network for K <= 8, else numpy)",
+                     SortedW2(validate=False), 1.0))
+        rows.append(("SortedW2 sort=numpy", SortedW2(sort="numpy", validate=False), 1.0))
         rows.append(("SortedW2 sort=network", SortedW2(sort="network", validate=False), 1.0))
         rows.append(("SortedW2 sort=torch", SortedW2(sort="torch", validate=False), 1.0))
         rows.append(("SortedW2 split=False (quantile path)",

@@ -325,15 +325,28 @@ def _numpy_sorted_rows(
 _NUMPY_SIMD_SORT = int(np.__version__.split(".")[0]) >= 2
 
 
-def _resolve_sort(sort: str, device: torch.device) -> str:
-    """'auto' -> 'numpy' on the CPU (with numpy >= 2; else 'network'), 'torch' elsewhere."""
+# Up to this many points per set 'auto' sorts with the network on the CPU: numpy pays a fixed
+# cost of tens of nanoseconds per row, the network a cost per comparator. Measured on 50,176 rows
+# (AMD EPYC, numpy 2.4, one thread), values only: n = 8 network 0.43 ms against numpy 1.64,
+# n = 16 1.11 against 1.49, n = 24 2.32 against 2.15; with the index (int64 keys, twice the
+# bytes): n = 8 1.27 against 1.72, n = 12 2.64 against 1.97. Both sets of a problem use the same
+# sort: the network returns column-major views, and mixing layouts is slower than either.
+_NETWORK_AUTO_MAX = 8
+
+
+def _resolve_sort(sort: str, device: torch.device, n: int | None = None) -> str:
+    """The sort for rows of up to ``n`` points: 'auto' -> on the CPU the network for
+    ``n <= 8`` and 'numpy' above (with numpy older than 2.0, always the network); 'torch' on
+    other devices."""
     if sort != "auto":
         if sort == "numpy" and device.type != "cpu":
             raise ValueError(f"sort='numpy' needs CPU tensors, got tensors on {device}")
         return sort
     if device.type != "cpu":
         return "torch"
-    return "numpy" if _NUMPY_SIMD_SORT else "network"
+    if not _NUMPY_SIMD_SORT or (n is not None and n <= _NETWORK_AUTO_MAX):
+        return "network"
+    return "numpy"
 
 
 def _masked(v: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -453,7 +466,7 @@ class _SupportW2(torch.autograd.Function):
         N, Q = x.shape
         K = y.shape[1]
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        sort = _resolve_sort(sort, x.device)
+        sort = _resolve_sort(sort, x.device, max(Q, K))
         xs, ix = _sorted_rows(x, x_keep, sort, need_x)  # (N, Q)
         ys, iy = _sorted_rows(y, y_keep, sort, need_y)  # (N, K)
         groups = _support_groups(m, n, Q, K)
@@ -747,14 +760,16 @@ class SortedW2(_W2Metric):
 
         * 'numpy' (CPU only): ``numpy.sort`` of each short row, which numpy 2 does with SIMD
           sorting networks in registers. In float32 it sorts int64 keys that pack each value's
-          order-preserving bit pattern with its index. The fastest on the CPU: about 2x the
-          network at 24 points per set, level with it at 8 (``docs/benchmarks/w2_speed.md``).
+          order-preserving bit pattern with its index. The fastest on the CPU above about ten
+          points per set: 1.3-2x the network at 24 (``docs/benchmarks/w2_speed.md``).
         * 'network': for up to 32 points, a Batcher odd-even merge sorting network of
           elementwise ``minimum``/``maximum`` over whole columns ``(P,)``, on the same keys;
-          4-5x faster than ``torch.sort`` on the CPU.
+          4-5x faster than ``torch.sort`` on the CPU, and faster than numpy up to 8 points per
+          set (numpy pays a fixed cost per row).
         * 'torch': ``torch.sort`` along the short last dimension.
-        * 'auto': 'numpy' on the CPU (with numpy older than 2.0, 'network'), 'torch' on
-          other devices.
+        * 'auto': on the CPU 'network' when both sets have at most 8 points (the loss's
+          ring of one stride) and 'numpy' above (with numpy older than 2.0, always 'network');
+          'torch' on other devices.
     validate : bool, default=True
         Check the weights' values (non-negative, positive sum) at every call.
 

@@ -156,6 +156,17 @@ def test_numpy_sort_needs_the_cpu():
         SortedW2(sort="numpy", validate=False)(x, x)
 
 
+def test_auto_sort_takes_the_network_for_short_rows_on_the_cpu():
+    from conprediff.wasserstein import _NUMPY_SIMD_SORT, _resolve_sort
+
+    cpu = torch.device("cpu")
+    long_rows = "numpy" if _NUMPY_SIMD_SORT else "network"
+    assert [_resolve_sort("auto", cpu, n) for n in (1, 8, 9, 24)] == (
+        ["network", "network", long_rows, long_rows])
+    assert _resolve_sort("auto", torch.device("meta"), 8) == "torch"
+    assert _resolve_sort("numpy", cpu, 8) == "numpy"  # an explicit choice is kept
+
+
 @pytest.mark.parametrize("sort", ["network", "numpy", "torch"])
 def test_support_path_in_float32_matches_the_quantile_path(sort):
     # the loss's workload in miniature: uniform predictions, neighbourhoods with dropped points
