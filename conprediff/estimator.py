@@ -28,6 +28,7 @@ from .training.data import (
     as_loader,
     check_images,
     check_in_range,
+    check_labels,
     from_unit,
     infer_data_range,
     split_batch,
@@ -89,12 +90,40 @@ def _copy_config(obj: Any) -> Any:
     return clone(obj) if hasattr(obj, "get_params") else copy.deepcopy(obj)
 
 
-def _warn_labels_unused() -> None:
-    warnings.warn(
-        "labels are not used yet: class-conditional training is not implemented, so the "
-        "backbone is trained unconditionally (cond=None)",
-        stacklevel=3,
-    )
+def _num_classes(backbone: Any) -> int | None:
+    """The backbone's ``num_classes`` (class-conditional when set), checked; None otherwise."""
+    k = getattr(backbone, "num_classes", None)
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"backbone num_classes must be None or an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def _guided(net: nn.Module, cond: torch.Tensor | None, null: int | None, scale: float):
+    r"""``denoise(x, t) -> out`` with classifier-free guidance (Ho & Salimans 2022).
+
+    ``cond`` ``(B,)`` labels (None: the backbone is called without a condition). With a scale
+    :math:`w`, the output is :math:`\hat\epsilon_\varnothing + w (\hat\epsilon_c -
+    \hat\epsilon_\varnothing)`, the null label being ``null`` (= ``num_classes``): one
+    forward pass of a doubled batch; ``w = 1`` is the plain conditional model (one pass of the
+    batch), ``w = 0`` the unconditional one.
+    """
+    if cond is None:
+        return lambda x, t: net(x, t)[0]
+    if scale == 1.0:
+        return lambda x, t: net(x, t, cond.to(x.device))[0]
+    uncond = torch.full_like(cond, null)
+    if scale == 0.0:
+        return lambda x, t: net(x, t, uncond.to(x.device))[0]
+    both = torch.cat([cond, uncond])
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = net(torch.cat([x, x]), torch.cat([t, t]), both.to(x.device))[0]
+        c, u = out.chunk(2)
+        return u + scale * (c - u)
+
+    return denoise
 
 
 def _default_backbone(channels: int, height: int, width: int) -> UNet:
@@ -138,6 +167,12 @@ class ConPreDiffModel(BaseEstimator):
         What the backbone predicts.
     min_snr_gamma : float, optional
         Min-SNR-γ loss weighting (Hang et al. 2023); ``None`` for the plain MSE.
+    label_dropout : float
+        With a class-conditional backbone (one with ``num_classes``, e.g.
+        ``UNet(num_classes=10)``): the probability that a training image's label is replaced by
+        the null label, so that one network learns the conditional and the unconditional model
+        and :meth:`sample` can use classifier-free guidance (Ho & Salimans 2022). Ignored by an
+        unconditional backbone.
     lr : float
         AdamW learning rate.
     weight_decay : float
@@ -240,6 +275,7 @@ class ConPreDiffModel(BaseEstimator):
         timesteps: int = 1000,
         prediction: str = "eps",
         min_snr_gamma: float | None = None,
+        label_dropout: float = 0.1,
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         batch_size: int = 64,
@@ -268,6 +304,7 @@ class ConPreDiffModel(BaseEstimator):
         self.timesteps = timesteps
         self.prediction = prediction
         self.min_snr_gamma = min_snr_gamma
+        self.label_dropout = label_dropout
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -346,6 +383,7 @@ class ConPreDiffModel(BaseEstimator):
         real("lr", 0.0, open_low=True)
         real("weight_decay", 0.0)
         real("min_snr_gamma", 0.0, open_low=True, optional=True)
+        real("label_dropout", 0.0, 1.0)
         real("ema_decay", 0.0, 1.0, optional=True)
         real("grad_clip", 0.0, open_low=True, optional=True)
         if not isinstance(self.compile, bool):
@@ -424,9 +462,10 @@ class ConPreDiffModel(BaseEstimator):
             Images ``(N, C, H, W)``; a DataLoader or Dataset may yield image tensors or
             ``(images, labels)`` tuples.
         y : array-like, optional
-            ``(N,)`` labels beside a tensor or array. Class-conditional training is not
-            implemented yet: labels are checked and then ignored (with a warning when the
-            backbone has ``num_classes``).
+            ``(N,)`` integer class labels in ``[0, num_classes)`` beside a tensor or array (a
+            DataLoader or Dataset yields ``(images, labels)`` instead). Required when the
+            backbone is class-conditional (has ``num_classes``, e.g. ``UNet(num_classes=10)``);
+            an unconditional backbone ignores labels.
         resume : {'latest'} or path, optional
             Continue a run from a checkpoint: ``'latest'`` takes the newest readable checkpoint
             in ``checkpoint_dir`` (falling back to an older one if the newest is damaged, and
@@ -470,9 +509,9 @@ class ConPreDiffModel(BaseEstimator):
                 )
         else:
             seed = self.seed if self.seed is not None else _random_seed(dist_info)
-        conditional = getattr(self.backbone, "num_classes", None) is not None
-        if y is not None and conditional:
-            _warn_labels_unused()
+        num_classes = _num_classes(self.backbone)
+        if num_classes is not None and isinstance(data, torch.Tensor | np.ndarray):
+            check_labels(y, num_classes, len(data), "labels y")
         loader, n_items = as_loader(
             data, y, p["batch_size"], seed, dist_info.world_size, dist_info.rank
         )
@@ -488,8 +527,8 @@ class ConPreDiffModel(BaseEstimator):
                 with torch.random.fork_rng(devices=[]):
                     first, labels = split_batch(next(iter(loader)))
                 first = check_images(first, "data")
-                if labels is not None and conditional:
-                    _warn_labels_unused()
+                if num_classes is not None:
+                    check_labels(labels, num_classes, len(first), "data's labels")
             except StopIteration:
                 raise ValueError("data is empty: it yielded no batch") from None
             except RuntimeError as err:  # default_collate on images of different sizes
@@ -537,6 +576,8 @@ class ConPreDiffModel(BaseEstimator):
             checkpoint_every=p["checkpoint_every"],
             keep_checkpoints=p["keep_checkpoints"],
             channels_last=device.type == "cuda",
+            num_classes=num_classes,
+            label_dropout=p["label_dropout"],
         )
         trainer = Trainer(
             DiffusionObjective(backbone, head),
@@ -633,6 +674,27 @@ class ConPreDiffModel(BaseEstimator):
         gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
         return gen
 
+    def _condition(
+        self, net: nn.Module, labels: Any, n: int, guidance_scale: Any
+    ) -> tuple[torch.Tensor | None, float, int | None]:
+        """``(labels (n,) or None, guidance scale, null label)``, checked against the model."""
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+            raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
+        scale = float(guidance_scale)
+        if not math.isfinite(scale):
+            raise ValueError(f"guidance_scale must be finite, got {guidance_scale!r}")
+        num_classes = _num_classes(net)
+        if labels is None:
+            if scale != 1.0:
+                raise ValueError("guidance_scale needs labels: pass labels=...")
+            return None, scale, num_classes
+        if num_classes is None:
+            raise ValueError(
+                "labels were given but the model is unconditional: train a class-conditional "
+                "backbone (e.g. UNet(num_classes=10)) with fit(images, y)"
+            )
+        return check_labels(labels, num_classes, n, "labels"), scale, num_classes
+
     @torch.no_grad()
     def sample(
         self,
@@ -643,8 +705,10 @@ class ConPreDiffModel(BaseEstimator):
         seed: int | None = None,
         batch_size: int = 256,
         use_ema: bool = True,
+        labels: Any = None,
+        guidance_scale: float = 1.0,
     ) -> torch.Tensor:
-        """Generate images. The context decoder is not used.
+        r"""Generate images. The context decoder is not used.
 
         Parameters
         ----------
@@ -663,6 +727,15 @@ class ConPreDiffModel(BaseEstimator):
             Images generated per forward pass.
         use_ema : bool
             Use the EMA weights when the model has them.
+        labels : int or array-like of int, optional
+            Class-conditional models only: the class of every image (one integer) or of each
+            (``(n,)``), in ``[0, num_classes)``. None samples the unconditional model (the null
+            label).
+        guidance_scale : float
+            Classifier-free guidance scale :math:`w` with ``labels``: the denoiser's output is
+            :math:`\hat\epsilon_\varnothing + w (\hat\epsilon_c - \hat\epsilon_\varnothing)`.
+            1 is the conditional model (one forward pass per step), 0 the unconditional one;
+            values above 1 trade diversity for class fidelity and cost two passes per step.
 
         Returns
         -------
@@ -671,6 +744,7 @@ class ConPreDiffModel(BaseEstimator):
         """
         net = self._denoiser(use_ema)
         n = _int_arg(n, "n", 1)
+        cond, scale, null = self._condition(net, labels, n, guidance_scale)
         steps = self._check_steps(steps, default=50)
         batch_size = _int_arg(batch_size, "batch_size", 1)
         seed = _seed_arg(seed)
@@ -688,7 +762,7 @@ class ConPreDiffModel(BaseEstimator):
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             x = sample_loop(
-                lambda x, t: net(x, t)[0],
+                _guided(net, None if cond is None else cond[start : start + b], null, scale),
                 (b, *self.image_shape_),
                 schedule,
                 self.prediction_,
@@ -713,6 +787,8 @@ class ConPreDiffModel(BaseEstimator):
         seed: int | None = None,
         sampler: str = "ddpm",
         use_ema: bool = True,
+        labels: Any = None,
+        guidance_scale: float = 1.0,
     ) -> torch.Tensor:
         """Fill the missing pixels of images with RePaint resampling (Lugmayr et al. 2022).
 
@@ -741,6 +817,10 @@ class ConPreDiffModel(BaseEstimator):
             Ancestral steps (RePaint), or deterministic DDIM steps (the fast variant).
         use_ema : bool
             Use the EMA weights when the model has them.
+        labels : int or array-like of int, optional
+            Class-conditional models only: the class of every image or of each (``(B,)``).
+        guidance_scale : float
+            Classifier-free guidance scale, as in :meth:`sample`.
 
         Returns
         -------
@@ -771,12 +851,13 @@ class ConPreDiffModel(BaseEstimator):
         if single and missing.ndim == 3:
             missing = missing[None]
         missing = missing.to(images.device).expand_as(images)
+        cond, scale, null = self._condition(net, labels, images.shape[0], guidance_scale)
         steps = self._check_steps(steps, default=250)
         device = self.device_
         gen = self._generator(seed)
         unit = to_unit(images, self.data_range_).to(device)
         filled = repaint(
-            lambda x, t: net(x, t)[0],
+            _guided(net, cond, null, scale),
             unit,
             missing.to(device),
             self._fitted_schedule(),

@@ -342,15 +342,6 @@ def test_given_data_range_must_hold_the_data(images):
     assert tiny(data_range=(-1, 1)).fit(images).data_range_ == (-1.0, 1.0)
 
 
-def test_labels_from_a_loader_warn_when_the_backbone_is_conditional(images):
-    labels = torch.arange(16) % 3
-    cond = UNet(base_channels=8, channel_mults=(1, 2), num_classes=3)
-    with pytest.warns(UserWarning, match="labels are not used yet"):
-        tiny(backbone=cond).fit(DataLoader(TensorDataset(images, labels), batch_size=4))
-    with pytest.warns(UserWarning, match="labels are not used yet"):
-        tiny(backbone=cond).fit(images, labels)
-
-
 # ---------------------------------------------------------------- fitted state and seeding
 def test_prediction_time_uses_what_the_model_was_fitted_with(fitted, tmp_path):
     from sklearn.base import clone as sk_clone

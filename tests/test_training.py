@@ -17,7 +17,7 @@ from conprediff.training.loop import lr_factor
 
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
-from train_tiny import context, data, make_model  # noqa: E402
+from train_tiny import context, data, fit, make_model  # noqa: E402
 
 
 @pytest.fixture
@@ -49,18 +49,20 @@ def run_script(*args, timeout=240):
     )
 
 
-@pytest.mark.parametrize("kind", ["none", "sampled"])
+@pytest.mark.parametrize("kind", ["none", "sampled", "conditional"])
 def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tmp_path, one_thread, kind):
     killed = run_script(tmp_path, "--kill-at", 6, "--context", kind)
     assert killed.returncode == -9, killed.stderr  # SIGKILL
     assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["ckpt-000000004.safetensors"]
 
-    resumed = make_model(str(tmp_path), context(kind)).fit(data(), resume="latest")
-    reference = make_model(str(tmp_path / "ref"), context(kind)).fit(data())
+    cond = kind == "conditional"  # the label dropout's draws must resume exactly too
+    resumed = fit(kind, make_model(str(tmp_path), context(kind), conditional=cond),
+                  resume="latest")
+    reference = fit(kind, make_model(str(tmp_path / "ref"), context(kind), conditional=cond))
     assert resumed.n_steps_ == reference.n_steps_ == 12
     assert_same_weights(state_of(resumed), state_of(reference))
     assert_same_weights(resumed.ema_backbone_.state_dict(), reference.ema_backbone_.state_dict())
-    if kind != "none":
+    if kind not in ("none", "conditional"):
         assert_same_weights(
             resumed.context_head_.state_dict(), reference.context_head_.state_dict()
         )
@@ -70,7 +72,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tmp_path, one_thr
 def test_torchrun_two_processes_match_one_process(tmp_path, one_thread):
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for kind in ("none", "gaussian"):
+    for kind in ("none", "gaussian", "conditional"):
         out = tmp_path / kind
         proc = subprocess.run(
             [
@@ -91,7 +93,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path, one_thread):
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         ddp = ConPreDiffModel.load(out / "final.safetensors")
-        single = make_model(str(tmp_path / f"single-{kind}"), context(kind), steps=6).fit(data())
+        single = fit(kind, make_model(str(tmp_path / f"single-{kind}"), context(kind), steps=6,
+                                      conditional=kind == "conditional"))
         assert ddp.n_steps_ == single.n_steps_ == 6
         assert_same_weights(state_of(ddp), state_of(single), atol=1e-5)
         np.testing.assert_allclose(

@@ -105,9 +105,10 @@ class UNet(ModuleParamsMixin, nn.Module):
         most ``groups`` (8 groups for 32 channels, 6 for 12, 5 for 10).
     num_classes : int or None
         If set, ``cond`` may be ``(B,)`` integer labels in ``[0, num_classes]``; the label
-        ``num_classes`` means "no label", as does ``cond=None`` (the slot a classifier-free
-        guidance would use). :class:`~conprediff.ConPreDiffModel` does not train or sample with
-        labels yet: it calls the backbone with ``cond=None``.
+        ``num_classes`` means "no label", as does ``cond=None``: the unconditional model of
+        classifier-free guidance. :class:`~conprediff.ConPreDiffModel` then trains on labels
+        (``fit(images, y)``, with ``label_dropout``) and samples with ``labels`` and
+        ``guidance_scale``.
 
     Examples
     --------

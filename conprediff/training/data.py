@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ __all__ = [
     "as_loader",
     "check_images",
     "check_in_range",
+    "check_labels",
     "from_unit",
     "infer_data_range",
     "split_batch",
@@ -85,6 +87,38 @@ def check_in_range(
             f"[{x_lo:.4g}, {x_hi:.4g}]"
             + (" (set data_range to the data's range, or 'auto')" if name == "data" else "")
         )
+
+
+def check_labels(labels: Any, num_classes: int, n: int, name: str = "labels") -> torch.Tensor:
+    """Validate ``n`` class labels in ``[0, num_classes)`` and return them as an int64 tensor.
+
+    Accepts a tensor, an array or a sequence of integers (``(n,)``), or one integer for all ``n``.
+
+    Raises
+    ------
+    ValueError
+        If labels are missing, not ``(n,)``, not integers, or outside ``[0, num_classes)``.
+    """
+    if labels is None:
+        raise ValueError(
+            f"the backbone is class-conditional (num_classes={num_classes}) but the {name} are "
+            "missing: pass y= to fit, or let the data yield (images, labels)"
+        )
+    if isinstance(labels, numbers.Integral) and not isinstance(labels, bool):
+        labels = torch.full((n,), int(labels), dtype=torch.long)
+    elif not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(np.asarray(labels))
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"{name} must be integers, got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one per image, got {tuple(labels.shape)}")
+    labels = labels.long()
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes}) (num_classes={num_classes}), got values from "
+            f"{int(labels.min())} to {int(labels.max())}"
+        )
+    return labels
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:

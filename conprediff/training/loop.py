@@ -28,7 +28,7 @@ from ..backbones.protocol import check_backbone_output
 from ..diffusion.gaussian import diffusion_loss
 from ..schedules import NoiseSchedule
 from .checkpoint import write_checkpoint
-from .data import BatchStream, check_images, split_batch, to_unit
+from .data import BatchStream, check_images, check_labels, split_batch, to_unit
 from .distributed import DistInfo, all_min
 from .ema import EMA
 
@@ -63,11 +63,17 @@ class DiffusionObjective(nn.Module):
         prediction: str,
         min_snr_gamma: float | None,
         generator: torch.Generator | None,
+        cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of one (micro-)batch and its detached terms (``point``, ``context``, ``w2``)."""
+        """Loss of one (micro-)batch and its detached terms (``point``, ``context``, ``w2``).
+
+        ``cond``: ``(B,)`` class labels for a class-conditional backbone (None: the backbone is
+        called as ``net(xt, t)``, so backbones without a ``cond`` argument work unconditionally).
+        """
         xt = schedule.q_sample(x0, t, noise)
         net = self._compiled if self._compiled is not None else self.backbone
-        out, features = check_backbone_output(net(xt, t), xt)
+        out = net(xt, t) if cond is None else net(xt, t, cond)
+        out, features = check_backbone_output(out, xt)
         point = diffusion_loss(out, x0, noise, t, schedule, prediction, min_snr_gamma).mean()
         logs = {"point": point.detach()}
         loss = point
@@ -102,6 +108,8 @@ class TrainConfig:
     checkpoint_every: int | None = None
     keep_checkpoints: int = 3
     channels_last: bool = False
+    num_classes: int | None = None  # class-conditional training when set
+    label_dropout: float = 0.0
 
 
 def lr_factor(step: int, warmup: int, schedule: str, total: int) -> float:
@@ -242,9 +250,10 @@ class Trainer:
             )
 
     # --------------------------------------------------------------------- steps
-    def _images(self, batch: Any) -> torch.Tensor:
+    def _images(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's images in ``[-1, 1]`` on the device, and its labels when conditional."""
         cfg = self.config
-        images, _ = split_batch(batch)
+        images, labels = split_batch(batch)
         images = check_images(images, "data")
         if tuple(images.shape[1:]) != cfg.image_shape:
             raise ValueError(
@@ -254,7 +263,23 @@ class Trainer:
         x0 = to_unit(images.to(cfg.device, non_blocking=True), cfg.data_range)
         if cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        return x0
+        if cfg.num_classes is None:
+            return x0, None
+        labels = check_labels(labels, cfg.num_classes, x0.shape[0], "data's labels")
+        return x0, labels.to(cfg.device, non_blocking=True)
+
+    def _drop_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Replace each label by the null label ``num_classes`` with probability
+        ``label_dropout`` (classifier-free guidance), drawn for the global batch."""
+        cfg = self.config
+        if not cfg.label_dropout:
+            return labels
+        world, rank = self.dist.world_size, self.dist.rank
+        u = torch.rand(labels.shape[0] * world, device=labels.device,
+                       generator=self.noise_generator)
+        if world > 1:
+            u = u[rank::world]
+        return torch.where(u < cfg.label_dropout, torch.full_like(labels, cfg.num_classes), labels)
 
     def _draw(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Timesteps and noise of the global batch; this rank's slice."""
@@ -284,8 +309,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for micro in range(accum):
-            x0 = self._images(next(self.stream))
+            x0, labels = self._images(next(self.stream))
             t, noise = self._draw(x0)
+            cond = None if labels is None else self._drop_labels(labels)
             sync = micro == accum - 1 or not self.dist.enabled
             ctx = contextlib.nullcontext() if sync else self.model.no_sync()
             with ctx:
@@ -298,6 +324,7 @@ class Trainer:
                         cfg.prediction,
                         cfg.min_snr_gamma,
                         self.context_generator,
+                        cond,
                     )
                 if not all_min(bool(torch.isfinite(loss)), self.dist, cfg.device):
                     terms = {k: float(v) for k, v in logs.items()}

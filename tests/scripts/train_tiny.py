@@ -1,6 +1,9 @@
 """A tiny training run used by tests/test_training.py (run in a subprocess or under torchrun).
 
-python train_tiny.py OUT_DIR [--kill-at STEP] [--context] [--steps N]
+python train_tiny.py OUT_DIR [--kill-at STEP] [--context KIND] [--steps N]
+
+KIND: none, sampled or gaussian (context prediction), or conditional (no context prediction; a
+class-conditional backbone trained on labels with label dropout).
 """
 
 import argparse
@@ -16,14 +19,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from conprediff import ConPreDiffModel, ContextPrediction, UNet  # noqa: E402
 
 
-def make_model(out_dir, context=None, steps=12, batch_size=8, **kw):
+def make_model(out_dir, context=None, steps=12, batch_size=8, conditional=False, **kw):
     params = dict(
         # groups=4: two channels per GroupNorm group. With one channel per group, the biases just
         # before a GroupNorm have an identically zero gradient, and Adam turns the float noise
         # of that zero into updates of size lr: runs that differ only in summation order (one
         # process vs two) would then drift apart in those (output-irrelevant) biases.
-        backbone=UNet(base_channels=8, channel_mults=(1, 2), groups=4),
+        backbone=UNet(base_channels=8, channel_mults=(1, 2), groups=4,
+                      num_classes=3 if conditional else None),
         context=context,
+        label_dropout=0.5,
         timesteps=50,
         max_steps=steps,
         batch_size=batch_size,
@@ -43,6 +48,15 @@ def make_model(out_dir, context=None, steps=12, batch_size=8, **kw):
 def data():
     g = torch.Generator().manual_seed(123)
     return torch.rand(24, 1, 8, 8, generator=g) * 2 - 1
+
+
+def labels():
+    return torch.arange(24) % 3
+
+
+def fit(kind, model, **kw):
+    """``model.fit`` on the tiny data, with labels for the conditional kind."""
+    return model.fit(data(), labels() if kind == "conditional" else None, **kw)
 
 
 def context(kind):
@@ -69,8 +83,9 @@ if __name__ == "__main__":
         if args.kill_at is not None and logs["step"] == args.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    model = make_model(args.out, context(args.context), args.steps, args.batch_size)
-    model.fit(data(), callback=kill)
+    model = make_model(args.out, context(args.context), args.steps, args.batch_size,
+                       conditional=args.context == "conditional")
+    fit(args.context, model, callback=kill)
     if int(os.environ.get("RANK", "0")) == 0:
         model.save(os.path.join(args.out, "final.safetensors"))
     if torch.distributed.is_initialized():
