@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from test_estimator import tiny as tiny_model
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -19,16 +20,13 @@ def cond_unet(k=3):
 
 
 def tiny(**kw):
-    params = dict(backbone=cond_unet(), timesteps=20, max_steps=3, batch_size=8, seed=0,
-                  verbose=0)
-    params.update(kw)
-    return ConPreDiffModel(**params)
+    """test_estimator's tiny model, with a class-conditional backbone unless one is given."""
+    return tiny_model(**{"backbone": cond_unet(), **kw})
 
 
 @pytest.fixture(scope="module")
 def images():
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(16, 1, 8, 8, generator=g) * 2 - 1
+    return torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
 
 @pytest.fixture(scope="module")
