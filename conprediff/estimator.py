@@ -39,6 +39,7 @@ from .training.loop import DiffusionObjective, TrainConfig, Trainer
 __all__ = ["ConPreDiffModel", "resolve_device"]
 
 _FORMAT_VERSION = 1
+_MAX_SEED = 2**63 - 16  # fit seeds its generators with seed + 0..4 (torch takes < 2**64)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -220,7 +221,8 @@ class ConPreDiffModel(BaseEstimator):
     device : str
         ``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
     seed : int, optional
-        Seeds initialisation, data order, timesteps and noise (each from its own generator).
+        Seeds initialisation, data order, timesteps and noise (each from its own generator); an
+        integer in ``[0, 2**63 - 16]`` (numpy integers too). ``None`` draws one (``seed_``).
     verbose : int
         ``0`` silent; ``1`` progress bars.
 
@@ -380,6 +382,9 @@ class ConPreDiffModel(BaseEstimator):
         integer("lr_warmup_steps", 0)
         integer("checkpoint_every", 1, optional=True)
         integer("verbose", 0)
+        integer("seed", 0, optional=True)
+        if out["seed"] is not None and out["seed"] > _MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, {_MAX_SEED}], got {self.seed!r}")
         real("lr", 0.0, open_low=True)
         real("weight_decay", 0.0)
         real("min_snr_gamma", 0.0, open_low=True, optional=True)
@@ -502,13 +507,13 @@ class ConPreDiffModel(BaseEstimator):
         resume_state = self._read_resume_state(resume) if resume is not None else None
         if resume_state is not None and "seed" in resume_state:
             seed = int(resume_state["seed"])  # a seed=None run resumes with the seed it drew
-            if self.seed is not None and self.seed != seed:
+            if p["seed"] is not None and p["seed"] != seed:
                 raise ValueError(
-                    f"seed={self.seed} differs from the checkpoint's seed {seed}: resume with "
+                    f"seed={p['seed']} differs from the checkpoint's seed {seed}: resume with "
                     "the parameters the run was started with"
                 )
         else:
-            seed = self.seed if self.seed is not None else _random_seed(dist_info)
+            seed = p["seed"] if p["seed"] is not None else _random_seed(dist_info)
         num_classes = _num_classes(self.backbone)
         if num_classes is not None and isinstance(data, torch.Tensor | np.ndarray):
             check_labels(y, num_classes, len(data), "labels y")
@@ -720,9 +725,10 @@ class ConPreDiffModel(BaseEstimator):
         sampler : {'ddim', 'ddpm'}
             Deterministic DDIM (with ``eta``) or ancestral DDPM.
         eta : float
-            DDIM noise scale (0 = deterministic).
+            DDIM noise scale (0 = deterministic); with ``sampler='ddpm'`` it must stay 0.
         seed : int, optional
-            Seeds all sampling noise: the same seed gives the same images.
+            Seeds all sampling noise: the same seed and ``batch_size`` give the same images (the
+            noise is drawn batch after batch, so another ``batch_size`` gives other images).
         batch_size : int
             Images generated per forward pass.
         use_ema : bool
@@ -754,6 +760,10 @@ class ConPreDiffModel(BaseEstimator):
             raise TypeError(f"eta must be a number, got {eta!r}")
         if not (eta >= 0 and math.isfinite(eta)):
             raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+        if sampler == "ddpm" and eta != 0:
+            raise ValueError(
+                f"eta applies to sampler='ddim' only (DDPM steps are ancestral), got eta={eta!r}"
+            )
         eta = float(eta)
         device = self.device_
         gen = self._generator(seed)
@@ -804,8 +814,9 @@ class ConPreDiffModel(BaseEstimator):
         mask : torch.Tensor, numpy.ndarray or PIL.Image.Image
             True/1 (white in a PIL image) where pixels are **missing** and must be generated,
             False/0 where they are kept; ``(H, W)``, ``(1, H, W)``, ``(C, H, W)``,
-            ``(B, 1, H, W)`` or ``(B, C, H, W)``. A 3-dimensional mask is always per channel:
-            give one mask per image as ``(B, 1, H, W)`` (``masks[:, None]``), not ``(B, H, W)``.
+            ``(B, 1, H, W)`` or ``(B, C, H, W)`` (``B = 1`` for one image). A 3-dimensional mask
+            is always per channel: give one mask per image as ``(B, 1, H, W)``
+            (``masks[:, None]``), not ``(B, H, W)``.
         steps : int, optional
             Reverse steps on a respaced grid; default 250 (RePaint's), or ``timesteps`` if that
             is smaller.
@@ -847,9 +858,7 @@ class ConPreDiffModel(BaseEstimator):
             )
         check_in_range(images, self.data_range_, "img")
         seed = _seed_arg(seed)  # repaint checks the sampler and the jump schedule
-        missing = as_mask(mask, tuple(images.shape) if not single else (C, H, W))
-        if single and missing.ndim == 3:
-            missing = missing[None]
+        missing = as_mask(mask, tuple(images.shape))  # one image: as a batch of one
         missing = missing.to(images.device).expand_as(images)
         cond, scale, null = self._condition(net, labels, images.shape[0], guidance_scale)
         steps = self._check_steps(steps, default=250)
@@ -973,6 +982,13 @@ class ConPreDiffModel(BaseEstimator):
         params = from_jsonable(meta["params"], classes)
         if meta["backbone"] is not None:
             net = from_jsonable(meta["backbone"], classes)
+            if backbone is not None:
+                warnings.warn(
+                    f"backbone= is ignored: {str(path)!r} describes its backbone "
+                    f"({type(net).__name__}) itself; it is needed only for a custom backbone "
+                    "without get_params",
+                    stacklevel=2,
+                )
         elif backbone is not None:
             net = copy.deepcopy(backbone)
         else:
@@ -984,7 +1000,14 @@ class ConPreDiffModel(BaseEstimator):
             state = {
                 k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")
             }
-            module.load_state_dict(state, strict=True)
+            try:
+                module.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"the weights in {str(path)!r} do not fit the {prefix} module "
+                    f"({type(module).__name__}): was it built with other arguments? "
+                    f"{str(err).splitlines()[0]}"
+                ) from err
             return module.to(dev).eval()
 
         model.backbone_ = restore("backbone", net)
@@ -997,7 +1020,7 @@ class ConPreDiffModel(BaseEstimator):
             head = model.context.build(net.feature_channels, meta["image_shape"][0])
             try:
                 model.context_head_ = restore("context", head)
-            except RuntimeError as err:  # written before save stored the fitted context
+            except ValueError as err:  # written before save stored the fitted context
                 warnings.warn(
                     f"the context decoder in {str(path)!r} does not match the file's context "
                     f"settings (changed by set_params before save?); loaded without the decoder, "

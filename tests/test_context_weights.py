@@ -100,3 +100,12 @@ def test_truncated_weight_window():
         TruncatedWeight(1.0, t_max=2, t_min=3)(t)
     with pytest.raises(ValueError, match="t_min must be an integer timestep"):
         TruncatedWeight(1.0, t_max=2, t_min=1.5)(t)
+
+
+def test_truncated_weight_defaults_to_the_last_timestep_and_refuses_an_empty_window():
+    t = torch.tensor([0, T // 2, T - 1])
+    assert TruncatedWeight(0.5, t_min=T // 2)(t, SCHEDULE).tolist() == [0.0, 0.5, 0.5]
+    with pytest.raises(ValueError, match="depends on the noise schedule"):
+        TruncatedWeight(0.5)(t)  # t_max=None is T - 1: needs the schedule
+    with pytest.raises(ValueError, match=rf"holds none of the schedule's timesteps \[0, {T - 1}\]"):
+        TruncatedWeight(0.5, t_max=5 * T, t_min=2 * T)(t, SCHEDULE)

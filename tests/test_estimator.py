@@ -157,6 +157,32 @@ class Custom(nn.Module):
         return self.out(h), h
 
 
+def test_seed_is_checked_and_numpy_integers_work(images):
+    a = tiny(seed=np.int64(3)).fit(images)
+    assert a.seed_ == 3 and type(a.seed_) is int
+    assert torch.equal(a.sample(2, steps=3, seed=0), tiny(seed=3).fit(images).sample(2, steps=3,
+                                                                                      seed=0))
+    for bad, err in ((1.5, TypeError), ("abc", TypeError), (-1, ValueError), (2**64, ValueError)):
+        with pytest.raises(err, match="seed must be an integer"):
+            tiny(seed=bad).fit(images)
+
+
+def test_ddpm_refuses_eta(fitted):
+    with pytest.raises(ValueError, match="eta applies to sampler='ddim' only"):
+        fitted.sample(2, steps=3, sampler="ddpm", eta=0.5)
+
+
+def test_load_warns_about_an_unused_backbone_and_names_a_wrong_architecture(fitted, tmp_path):
+    path = fitted.save(tmp_path / "u.safetensors")
+    with pytest.warns(UserWarning, match="backbone= is ignored"):
+        ConPreDiffModel.load(path, backbone=Custom())
+    custom = tiny(backbone=Custom()).fit(torch.rand(16, 1, 8, 8) * 2 - 1)
+    other = Custom()
+    other.body = nn.Conv2d(1, 4, 5, padding=2)  # another kernel size: the weights do not fit
+    with pytest.raises(ValueError, match=r"do not fit the backbone module \(Custom\)"):
+        ConPreDiffModel.load(custom.save(tmp_path / "c.safetensors"), backbone=other)
+
+
 def test_custom_backbone_fit_save_load(images, tmp_path):
     m = tiny(backbone=Custom()).fit(images)
     path = m.save(tmp_path / "c.safetensors")

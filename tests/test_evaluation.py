@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -642,3 +643,22 @@ def test_evaluate_samples(trained_digits, digits8):
         evaluate_samples(real, fake, extractor.model_, class_balanced=True)
     assert held_out["kid_mean"] < 0.1 * noise["kid_mean"]
     assert held_out["precision"] > 0.5 and noise["precision"] < 0.1
+
+
+def test_default_classifier_refuses_images_of_another_size_or_range(tmp_path, digits8):
+    x, y = digits8[0][:200], digits8[1][:200]  # 8x8 in [-1, 1]
+    ex = FeatureExtractor(epochs=1, cache_dir=tmp_path).fit(x, y)
+    assert ex.image_shape_ == (1, 8, 8) and ex.data_range_ == (-1.0, 1.0)
+    with pytest.raises(ValueError, match=r"\(C, H, W\) = \(1, 8, 8\).*got \(1, 16, 16\)"):
+        ex.extract(torch.zeros(4, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"lie in \[0, 255\].*trained on images in \[-1, 1\]"):
+        ex.extract((x[:50] + 1) * 127.5)
+    with pytest.warns(UserWarning, match=r"another range \(e.g. \[0, 1\] against \[-1, 1\]\)"):
+        ex.extract((x[:50] + 1) / 2)
+    with pytest.raises(ValueError, match=r"same \(C, H, W\), got \(1, 8, 8\) and \(1, 4, 4\)"):
+        evaluate_samples(x[:50], x[:50, :, :4, :4], ex)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ex.extract(x[:50])  # the data itself passes silently
+    # a user's network has no recorded size or range: nothing is checked
+    FeatureExtractor(LeNetClassifier(feature_dim=4)).extract(torch.zeros(2, 1, 16, 16) + 200)

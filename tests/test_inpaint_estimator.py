@@ -48,6 +48,9 @@ def test_mask_forms_numpy_numbers_and_pil(model_and_images):
     pil = Image.fromarray((mask.numpy() * 255).astype(np.uint8), mode="L")
     c = m.inpaint(x[0], pil, steps=5, seed=0)
     assert torch.equal(a, b) and torch.equal(a, c)
+    # one image takes the batched forms of a batch of one too
+    for batched in (mask[None, None], mask[None, None].expand(1, 1, 8, 8).clone()):
+        assert torch.equal(m.inpaint(x[0], batched, steps=5, seed=0), a)
 
 
 def test_all_known_returns_input_and_all_missing_samples(model_and_images):

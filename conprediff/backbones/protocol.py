@@ -33,7 +33,7 @@ A minimal custom backbone::
         def __init__(self):
             super().__init__()
             self.body = nn.Conv2d(1, 32, 3, padding=1)
-            self.t_emb = nn.Embedding(1000, 32)
+            self.t_emb = nn.Embedding(1000, 32)  # t < T: the model's timesteps (default 1000)
             self.out = nn.Conv2d(32, 1, 1)
 
         def forward(self, x, t, cond=None):

@@ -142,11 +142,19 @@ class TruncatedWeight(BaseEstimator):
     ----------
     base : float or weight object, default=1.0
         The weight inside the window; a float means :class:`ConstantWeight` of that value.
-    t_max : int, default=0
-        The last timestep with a non-zero weight.
+    t_max : int, optional
+        The last timestep with a non-zero weight; ``None`` (the default) means ``T - 1``, the
+        last timestep of the schedule.
     t_min : int, default=0
-        The first timestep with a non-zero weight. ``t_min = T // 2`` with ``t_max = T - 1``
-        keeps the term at high noise only.
+        The first timestep with a non-zero weight. ``t_min = T // 2`` (with the default
+        ``t_max``) keeps the term at high noise only.
+
+    Raises
+    ------
+    ValueError
+        At call time: a bound that is not an integer, ``t_min > t_max``, or (given the schedule)
+        a window with no timestep of ``[0, T)`` in it, which would train with
+        :math:`\lambda_t = 0` throughout.
 
     Notes
     -----
@@ -154,24 +162,30 @@ class TruncatedWeight(BaseEstimator):
     of the timesteps also cuts the decoder's and the metric's work to about that fraction.
     """
 
-    def __init__(self, base=1.0, t_max: int = 0, t_min: int = 0):
+    def __init__(self, base=1.0, t_max: int | None = None, t_min: int = 0):
         self.base = base
         self.t_max = t_max
         self.t_min = t_min
 
     def __call__(self, t: torch.Tensor, schedule=None) -> torch.Tensor:
-        """``(B,)`` float32 :math:`\\lambda_t` on ``t``'s device; needs ``schedule`` only if
-        ``base`` does."""
-        for name in ("t_min", "t_max"):
-            value = getattr(self, name)
+        """``(B,)`` float32 :math:`\\lambda_t` on ``t``'s device; needs ``schedule`` if ``base``
+        does or ``t_max`` is None."""
+        if self.t_max is None:
+            _need_schedule(self, schedule)
+        t_max = schedule.timesteps - 1 if self.t_max is None else self.t_max
+        for name, value in (("t_min", self.t_min), ("t_max", t_max)):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool):
                 raise ValueError(f"{name} must be an integer timestep, got {value!r}")
-        if self.t_min > self.t_max:
-            raise ValueError(f"t_min must be <= t_max, got t_min={self.t_min}, "
-                             f"t_max={self.t_max}")
+        if self.t_min > t_max:
+            raise ValueError(f"t_min must be <= t_max, got t_min={self.t_min}, t_max={t_max}")
+        if schedule is not None and (self.t_min >= schedule.timesteps or t_max < 0):
+            raise ValueError(
+                f"the window [t_min, t_max] = [{self.t_min}, {t_max}] holds none of the "
+                f"schedule's timesteps [0, {schedule.timesteps - 1}]: the context term would be 0"
+            )
         base = resolve_weight(self.base, name="base")
         values = base(_check_t(t), schedule)
-        inside = (t >= int(self.t_min)) & (t <= int(self.t_max))
+        inside = (t >= int(self.t_min)) & (t <= int(t_max))
         return torch.where(inside, values, torch.zeros_like(values))
 
 

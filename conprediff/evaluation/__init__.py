@@ -21,6 +21,7 @@ from torch import nn
 from .features import (
     FeatureExtractor,
     LeNetClassifier,
+    _as_images,
     default_cache_dir,
     default_digits_extractor,
     train_classifier,
@@ -104,6 +105,14 @@ def evaluate_samples(
         ``"fid_class_balanced"`` and ``"class_tv"`` with ``class_balanced``; the metrics are
         floats computed on the same features.
 
+    Raises
+    ------
+    ValueError
+        If the two sets differ in ``(C, H, W)``, and (with the default classifier) if they are
+        not of the size, or lie outside the range, of the images it was trained on: a model's
+        :meth:`~conprediff.estimator.ConPreDiffModel.sample` returns the *data's* range, so map
+        samples of data in ``[0, 1]`` or ``[0, 255]`` to ``[-1, 1]`` first.
+
     Notes
     -----
     FID is biased by the sample size; compare values only at equal ``N``. For the digits, a few
@@ -123,6 +132,12 @@ def evaluate_samples(
         raise TypeError(
             "extractor must be a FeatureExtractor, an nn.Module or a callable; "
             f"got {type(extractor)}"
+        )
+    real_shape = tuple(_as_images("real_images", real_images).shape[1:])
+    fake_shape = tuple(_as_images("fake_images", fake_images).shape[1:])
+    if real_shape != fake_shape:
+        raise ValueError(
+            f"real and fake images must have the same (C, H, W), got {real_shape} and {fake_shape}"
         )
     real = np.asarray(extract(real_images), dtype=np.float64)
     fake = np.asarray(extract(fake_images), dtype=np.float64)

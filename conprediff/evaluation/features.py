@@ -520,6 +520,8 @@ class FeatureExtractor(BaseEstimator):
         self.cache_path_: Path | None = None
         self.loaded_from_cache_ = False
         self.fingerprint_: str | None = None
+        self.image_shape_: tuple[int, ...] | None = None
+        self.data_range_: tuple[float, float] | None = None
         if self.model is not None and self.weights is not None:
             raise ValueError("give either model or weights, not both")
         if self.model is not None:
@@ -562,6 +564,8 @@ class FeatureExtractor(BaseEstimator):
             )
         x = _as_images("images", images, min_size=LeNetClassifier.min_size)
         y = _as_labels("labels", labels, x.shape[0])
+        self.image_shape_ = tuple(x.shape[1:])
+        self.data_range_ = (float(x.min()), float(x.max()))
         training = self._training_args()
         fingerprint = _fingerprint(x, y, training)
         cache_dir = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
@@ -616,6 +620,36 @@ class FeatureExtractor(BaseEstimator):
 
     # -- extraction ------------------------------------------------------------------------
 
+    def _check_like_training_data(self, x: torch.Tensor) -> None:
+        """For the default classifier: ``x`` must have the size and range it was trained on.
+
+        The LeNet pools adaptively, so it accepts any size, and any range, without complaint:
+        features of images of another size or range are meaningless (an FID in the thousands).
+        """
+        shape = getattr(self, "image_shape_", None)
+        if shape is None:
+            return
+        if tuple(x.shape[1:]) != shape:
+            raise ValueError(
+                f"images must have the (C, H, W) = {shape} the feature classifier was trained "
+                f"on, got {tuple(x.shape[1:])}"
+            )
+        lo, hi = self.data_range_
+        width = max(hi - lo, 1e-12)
+        x_lo, x_hi = float(x.min()), float(x.max())
+        if x_lo < lo - 0.05 * width or x_hi > hi + 0.05 * width:
+            raise ValueError(
+                f"images lie in [{x_lo:.3g}, {x_hi:.3g}] but the feature classifier was trained "
+                f"on images in [{lo:.3g}, {hi:.3g}]: map them to that range first"
+            )
+        if x_hi - x_lo < 0.6 * width and x_lo > lo + 0.3 * width:
+            warnings.warn(
+                f"images lie in [{x_lo:.3g}, {x_hi:.3g}], a narrow part of the range "
+                f"[{lo:.3g}, {hi:.3g}] the feature classifier was trained on: are they in "
+                "another range (e.g. [0, 1] against [-1, 1])?",
+                stacklevel=3,
+            )
+
     def extract(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """Feature vectors of images.
 
@@ -638,7 +672,10 @@ class FeatureExtractor(BaseEstimator):
             If the default classifier has not been fitted (a ``model`` or ``weights`` extractor
             fits itself on first use).
         ValueError
-            If ``images`` has the wrong shape or the network does not return ``(N, D)``.
+            If ``images`` has the wrong shape or the network does not return ``(N, D)``; for
+            the default classifier also if they are not of the size it was trained on or lie
+            outside the range of its training images (a warning if they fill only a narrow,
+            high part of it, as images in ``[0, 1]`` against training images in ``[-1, 1]``).
         """
         if not hasattr(self, "model_"):
             if self.model is None and self.weights is None:
@@ -651,6 +688,7 @@ class FeatureExtractor(BaseEstimator):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         x = _as_images("images", images)
+        self._check_like_training_data(x)
         model = self.model_
         params = list(model.parameters()) if isinstance(model, nn.Module) else []
         device = params[0].device if params else torch.device("cpu")

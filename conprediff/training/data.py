@@ -40,7 +40,7 @@ def check_images(x: Any, name: str = "data") -> torch.Tensor:
             raise TypeError(f"{name} must hold real numbers, got an array of dtype {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
-        kinds = ("a torch.Tensor, a numpy array or a DataLoader" if name == "data"
+        kinds = ("a torch.Tensor, a numpy array, a Dataset or a DataLoader" if name == "data"
                  else "a torch.Tensor or a numpy array")
         hint = ""
         if type(x).__module__.startswith("PIL") and name == "data":
