@@ -72,13 +72,16 @@ from common import machine as common_machine  # noqa: E402
 
 BASELINE = "baseline"
 DEFAULT = "conprediff"
+BACKBONE = "backbone"  # an arm's key for UNet arguments (the rest are ContextPrediction's)
 
 
 # ------------------------------------------------------------------------------------------ arms
 def arm_catalogue(
     timesteps: int, context_base: dict[str, Any] | None = None
 ) -> dict[str, dict[str, Any] | None]:
-    """Every arm by name: ``None`` is the baseline, a dict the ``ContextPrediction`` arguments.
+    """Every arm by name: ``None`` is the baseline, a dict the ``ContextPrediction`` arguments
+    (and, under the key ``'backbone'``, UNet arguments that leave the parameters and the
+    prediction as they are, so that the baseline is the same run for every arm).
 
     Each arm is ``context_base`` (the output folder's :attr:`Protocol.context_base`; empty: the
     library's defaults, i.e. strides (1, 2), lambda 0.1, sampled decoder with the exact sorted W2
@@ -119,6 +122,8 @@ def arm_catalogue(
         "point_fraction=0.25": {"point_fraction": 0.25},
         "point_fraction=0.5": {"point_fraction": 0.5},
         "point_fraction=1": {"point_fraction": 1.0},
+        # the decoder reads the UNet's bottleneck, repeated to the grid, instead of its last map
+        "features=mid": {BACKBONE: {"features": "mid"}},
     }
     return {name: None if kw is None else {**context_base, **kw} for name, kw in arms.items()}
 
@@ -131,16 +136,22 @@ SWEEPS = {
     "metric": ["metric=auto", "metric=gaussian"],
     "target": ["target=x0", "target=posterior"],
     "point-fraction": ["point_fraction=0.25", "point_fraction=0.5", "point_fraction=1"],
+    "features": ["features=mid"],
 }
 
 
 def make_context(kwargs: dict[str, Any] | None) -> ContextPrediction | None:
-    return None if kwargs is None else ContextPrediction(**kwargs)
+    if kwargs is None:
+        return None
+    return ContextPrediction(**{k: v for k, v in kwargs.items() if k != BACKBONE})
 
 
 def config_key(kwargs: dict[str, Any] | None) -> str:
     """A canonical text of an arm's full configuration (to find arms that are the same run)."""
-    return describe_context(make_context(kwargs))
+    backbone = (kwargs or {}).get(BACKBONE)
+    extra = "" if not backbone else " + UNet(" + ", ".join(
+        f"{k}={backbone[k]!r}" for k in sorted(backbone)) + ")"
+    return describe_context(make_context(kwargs)) + extra
 
 
 def select_arms(args: argparse.Namespace, timesteps: int,
@@ -268,7 +279,7 @@ def make_model(p: Protocol, arm: dict[str, Any] | None, seed: int, steps: int,
                ) -> ConPreDiffModel:
     return ConPreDiffModel(
         backbone=UNet(in_channels=1, base_channels=p.base_channels,
-                      channel_mults=tuple(p.channel_mults)),
+                      channel_mults=tuple(p.channel_mults), **(arm or {}).get(BACKBONE, {})),
         context=make_context(arm),
         timesteps=p.timesteps,
         lr=p.lr,

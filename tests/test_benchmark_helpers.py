@@ -27,6 +27,7 @@ from ablation import (  # noqa: E402
     load_protocol,
     load_results,
     main,
+    make_model,
     parse_context_base,
     read_floor,
     restore_archive,
@@ -191,6 +192,16 @@ def test_context_base_pins_every_arm_of_a_folder(tmp_path):
     assert gauss["metric=auto"]["decoder"] == "sampled"
     sliced = arm_catalogue(1000, {"metric": "sliced"})
     assert sliced["metric=gaussian"] == {"decoder": "gaussian", "metric": "auto"}
+
+
+def test_an_arm_can_set_backbone_arguments():
+    mid = arm_catalogue(1000, {"point_fraction": 0.5})["features=mid"]
+    assert config_key(mid) == config_key({"point_fraction": 0.5}) + " + UNet(features='mid')"
+    model = make_model(tiny_protocol(), mid, seed=0, steps=1, ckpt_dir=None, every=None,
+                       device="cpu", verbose=0)
+    assert model.backbone.features == "mid" and model.context.point_fraction == 0.5
+    assert make_model(tiny_protocol(), None, seed=0, steps=1, ckpt_dir=None, every=None,
+                      device="cpu", verbose=0).backbone.features == "output"
 
 
 def test_workers_run_every_arm_and_seed_in_parallel_and_resume(tmp_path, capsys):

@@ -94,3 +94,22 @@ def test_check_backbone_output_messages():
         check_backbone_output((x[:, :, :2], x), x)
     with pytest.raises(ValueError, match="features"):
         check_backbone_output((x, x[:, :, :2]), x)
+
+
+def test_mid_features_are_the_bottleneck_repeated_to_the_grid_and_change_nothing_else():
+    torch.manual_seed(0)
+    out_net = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2, 2))
+    torch.manual_seed(0)
+    mid_net = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2, 2), features="mid")
+    assert mid_net.feature_channels == 16 and out_net.feature_channels == 8
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 400])
+    (pred_a, _), (pred_b, feats) = out_net(x, t), mid_net(x, t)
+    assert torch.equal(pred_a, pred_b)  # same parameters (same init), same prediction
+    assert feats.shape == (2, 16, 8, 8)
+    assert torch.equal(feats[..., ::4, ::4], feats[..., 3::4, 3::4])  # 4x4 blocks repeat one value
+    captured = {}
+    mid_net.mid2.register_forward_hook(lambda m, i, o: captured.setdefault("mid", o))
+    mid_net(x, t)
+    assert torch.equal(feats[..., ::4, ::4], captured["mid"])
+    with pytest.raises(ValueError, match="features must be 'output' or 'mid'"):
+        UNet(in_channels=1, features="bottleneck")

@@ -76,9 +76,10 @@ class SelfAttention(nn.Module):
 class UNet(ModuleParamsMixin, nn.Module):
     r"""UNet denoiser (Ho et al. 2020; Nichol & Dhariwal 2021) following the backbone protocol.
 
-    ``forward(x, t, cond=None) -> (prediction, features)`` where ``features`` is the last hidden
-    map :math:`h` (after the final GroupNorm and SiLU, before the output convolution), of shape
-    ``(B, base_channels, H, W)``: the :math:`h_i` that context prediction decodes.
+    ``forward(x, t, cond=None) -> (prediction, features)`` where ``features`` is, by default,
+    the last hidden map :math:`h` (after the final GroupNorm and SiLU, before the output
+    convolution), of shape ``(B, base_channels, H, W)``: the :math:`h_i` that context
+    prediction decodes.
 
     Parameters
     ----------
@@ -103,6 +104,14 @@ class UNet(ModuleParamsMixin, nn.Module):
     groups : int
         GroupNorm groups: a layer of ``c`` channels uses the largest divisor of ``c`` that is at
         most ``groups`` (8 groups for 32 channels, 6 for 12, 5 for 10).
+    features : {'output', 'mid'}
+        Which hidden map is returned as ``features`` (what a context decoder reads). 'output':
+        the last one, one convolution before the prediction (the paper's choice). 'mid': the
+        middle block's output (after attention, at the lowest resolution, ``base_channels *
+        channel_mults[-1]`` channels), repeated to the input grid (nearest): the context term
+        then shapes the bottleneck's representation instead of pulling on the output layer's
+        input. The prediction and the parameters are the same either way, so a baseline does
+        not depend on it.
     num_classes : int or None
         If set, ``cond`` may be ``(B,)`` integer labels in ``[0, num_classes]``; the label
         ``num_classes`` means "no label", as does ``cond=None``: the unconditional model of
@@ -129,6 +138,7 @@ class UNet(ModuleParamsMixin, nn.Module):
         dropout: float = 0.0,
         groups: int = 8,
         num_classes: int | None = None,
+        features: str = "output",
     ):
         super().__init__()
         self.in_channels = in_channels
@@ -140,6 +150,9 @@ class UNet(ModuleParamsMixin, nn.Module):
         self.dropout = dropout
         self.groups = groups
         self.num_classes = num_classes
+        self.features = features
+        if features not in ("output", "mid"):
+            raise ValueError(f"features must be 'output' or 'mid', got {features!r}")
         if in_channels is None:  # built by ConPreDiffModel once the data's channels are known
             return
         for name, value in (
@@ -202,8 +215,10 @@ class UNet(ModuleParamsMixin, nn.Module):
 
     @property
     def feature_channels(self) -> int:
-        """Channels ``F`` of the returned features (``base_channels * channel_mults[0]``)."""
-        return self.base_channels * self.channel_mults[0]
+        """Channels ``F`` of the returned features: ``base_channels * channel_mults[0]``, or
+        ``base_channels * channel_mults[-1]`` with ``features='mid'``."""
+        mult = self.channel_mults[-1] if self.features == "mid" else self.channel_mults[0]
+        return self.base_channels * mult
 
     @property
     def downsample_factor(self) -> int:
@@ -229,7 +244,7 @@ class UNet(ModuleParamsMixin, nn.Module):
         prediction : torch.Tensor
             ``(B, C, H, W)``.
         features : torch.Tensor
-            ``(B, feature_channels, H, W)``, the last hidden map.
+            ``(B, feature_channels, H, W)``, the hidden map chosen by ``features``.
         """
         if self.in_channels is None:
             raise RuntimeError("UNet(in_channels=None) is a template: set in_channels to use it")
@@ -254,13 +269,17 @@ class UNet(ModuleParamsMixin, nn.Module):
                 h = level["down"](h)
                 hs.append(h)
         h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        mid = h
         for level in self.up:
             for block in level["blocks"]:
                 h = block(torch.cat([h, hs.pop()], dim=1), emb)
             if "up" in level:
                 h = level["up"](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         features = F.silu(self.norm_out(h))
-        return self.conv_out(features), features
+        out = self.conv_out(features)
+        if self.features == "mid":
+            features = F.interpolate(mid, scale_factor=float(f), mode="nearest") if f > 1 else mid
+        return out, features
 
 
 class _ResAttn(nn.Module):
