@@ -104,14 +104,17 @@ def _num_classes(backbone: Any) -> int | None:
 def _guided(net: nn.Module, cond: torch.Tensor | None, null: int | None, scale: float):
     r"""``denoise(x, t) -> out`` with classifier-free guidance (Ho & Salimans 2022).
 
-    ``cond`` ``(B,)`` labels (None: the backbone is called without a condition). With a scale
+    ``cond`` ``(B,)`` labels, or None: the null label ``null`` for a class-conditional backbone,
+    no condition at all for an unconditional one (``null`` None). With a scale
     :math:`w`, the output is :math:`\hat\epsilon_\varnothing + w (\hat\epsilon_c -
     \hat\epsilon_\varnothing)`, the null label being ``null`` (= ``num_classes``): one
     forward pass of a doubled batch; ``w = 1`` is the plain conditional model (one pass of the
     batch), ``w = 0`` the unconditional one.
     """
     if cond is None:
-        return lambda x, t: net(x, t)[0]
+        if null is None:  # an unconditional backbone
+            return lambda x, t: net(x, t)[0]
+        return lambda x, t: net(x, t, torch.full_like(t, null))[0]  # the null label
     if scale == 1.0:
         return lambda x, t: net(x, t, cond.to(x.device))[0]
     uncond = torch.full_like(cond, null)
@@ -168,12 +171,6 @@ class ConPreDiffModel(BaseEstimator):
         What the backbone predicts.
     min_snr_gamma : float, optional
         Min-SNR-γ loss weighting (Hang et al. 2023); ``None`` for the plain MSE.
-    label_dropout : float
-        With a class-conditional backbone (one with ``num_classes``, e.g.
-        ``UNet(num_classes=10)``): the probability that a training image's label is replaced by
-        the null label, so that one network learns the conditional and the unconditional model
-        and :meth:`sample` can use classifier-free guidance (Ho & Salimans 2022). Ignored by an
-        unconditional backbone.
     lr : float
         AdamW learning rate.
     weight_decay : float
@@ -225,6 +222,12 @@ class ConPreDiffModel(BaseEstimator):
         integer in ``[0, 2**63 - 16]`` (numpy integers too). ``None`` draws one (``seed_``).
     verbose : int
         ``0`` silent; ``1`` progress bars.
+    label_dropout : float
+        With a class-conditional backbone (one with ``num_classes``, e.g.
+        ``UNet(num_classes=10)``): the probability that a training image's label is replaced by
+        the null label, so that one network learns the conditional and the unconditional model
+        and :meth:`sample` can use classifier-free guidance (Ho & Salimans 2022); in ``[0, 1)``.
+        Ignored by an unconditional backbone.
 
     Attributes
     ----------
@@ -250,7 +253,7 @@ class ConPreDiffModel(BaseEstimator):
     context_ : ContextPrediction or None
         A copy of ``context`` as it was at ``fit`` (what :meth:`save` writes, so a file stays
         loadable after ``set_params(context__...)``).
-    timesteps_, schedule_, prediction_
+    timesteps_, schedule_, prediction_, label_dropout_
         What the model was trained with; ``sample`` and ``inpaint`` use these, not parameters
         changed after ``fit``.
     n_items_seen_ : int or None
@@ -277,7 +280,6 @@ class ConPreDiffModel(BaseEstimator):
         timesteps: int = 1000,
         prediction: str = "eps",
         min_snr_gamma: float | None = None,
-        label_dropout: float = 0.1,
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         batch_size: int = 64,
@@ -299,6 +301,7 @@ class ConPreDiffModel(BaseEstimator):
         device: str = "auto",
         seed: int | None = None,
         verbose: int = 1,
+        label_dropout: float = 0.1,
     ):
         self.backbone = backbone
         self.context = context
@@ -306,7 +309,6 @@ class ConPreDiffModel(BaseEstimator):
         self.timesteps = timesteps
         self.prediction = prediction
         self.min_snr_gamma = min_snr_gamma
-        self.label_dropout = label_dropout
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -328,6 +330,7 @@ class ConPreDiffModel(BaseEstimator):
         self.device = device
         self.seed = seed
         self.verbose = verbose
+        self.label_dropout = label_dropout
 
     # ------------------------------------------------------------------ validation
     def _check_params(self) -> dict[str, Any]:
@@ -626,6 +629,7 @@ class ConPreDiffModel(BaseEstimator):
         self.timesteps_ = int(self.timesteps)
         self.schedule_ = self.schedule
         self.prediction_ = self.prediction
+        self.label_dropout_ = p["label_dropout"]
         return self
 
     def _read_resume_state(self, resume: str | Path) -> dict[str, Any] | None:
@@ -689,6 +693,14 @@ class ConPreDiffModel(BaseEstimator):
         if not math.isfinite(scale):
             raise ValueError(f"guidance_scale must be finite, got {guidance_scale!r}")
         num_classes = _num_classes(net)
+        if num_classes is not None and (labels is None or scale != 1.0) and not getattr(
+            self, "label_dropout_", None
+        ):
+            warnings.warn(
+                "the model was trained with label_dropout=0, so its null label (the "
+                "unconditional model, used without labels and by guidance) was never trained",
+                stacklevel=3,
+            )
         if labels is None:
             if scale != 1.0:
                 raise ValueError("guidance_scale needs labels: pass labels=...")
@@ -730,7 +742,8 @@ class ConPreDiffModel(BaseEstimator):
             Seeds all sampling noise: the same seed and ``batch_size`` give the same images (the
             noise is drawn batch after batch, so another ``batch_size`` gives other images).
         batch_size : int
-            Images generated per forward pass.
+            Images generated per forward pass (twice as many go through the backbone with a
+            ``guidance_scale`` other than 0 and 1).
         use_ema : bool
             Use the EMA weights when the model has them.
         labels : int or array-like of int, optional
@@ -1040,4 +1053,5 @@ class ConPreDiffModel(BaseEstimator):
         model.timesteps_ = model.timesteps
         model.schedule_ = model.schedule
         model.prediction_ = model.prediction
+        model.label_dropout_ = model.label_dropout
         return model

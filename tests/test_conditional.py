@@ -75,10 +75,17 @@ def test_an_unconditional_backbone_ignores_labels(images, labels):
         m.sample(2, steps=2, labels=[0, 1])
 
 
-def test_fit_from_a_loader_of_pairs_and_from_arrays(images, labels):
-    a = tiny().fit(DataLoader(TensorDataset(images, labels), batch_size=8))
+def test_fit_from_a_loader_of_pairs_from_arrays_and_with_one_label_per_call(images, labels):
+    a = tiny().fit(DataLoader(TensorDataset(images, labels), batch_size=8, shuffle=False))
     b = tiny().fit(images.numpy(), labels.numpy())
+    other = tiny().fit(images, (labels + 1) % 3)  # the labels reach the training
+    kw = dict(steps=3, seed=0, labels=[0, 1])
+    assert not torch.equal(b.sample(2, **kw), other.sample(2, **kw))
     assert a.n_steps_ == b.n_steps_ == 3
+    assert torch.equal(b.sample(2, steps=3, seed=0, labels=torch.tensor(1)),  # 0-d: one for all
+                       b.sample(2, steps=3, seed=0, labels=[1, 1]))
+    with pytest.raises(ValueError, match="y must be None when data is a Dataset"):
+        tiny().fit(TensorDataset(images, labels), labels)
 
 
 def test_sampling_arguments_are_checked(fitted):
@@ -112,9 +119,45 @@ def test_guidance_zero_is_the_unconditional_model_and_one_label_means_all(fitted
     assert torch.equal(fitted.sample(3, steps=4, seed=1, labels=2, guidance_scale=0.0), uncond)
     assert torch.equal(fitted.sample(3, steps=4, seed=1, labels=2),
                        fitted.sample(3, steps=4, seed=1, labels=[2, 2, 2]))
-    # labels follow the images across sampling batches
-    split = fitted.sample(3, steps=4, seed=1, labels=[0, 1, 2], guidance_scale=2.0, batch_size=2)
-    assert split.shape == (3, 1, 8, 8) and torch.isfinite(split).all()
+    # labels follow the images across sampling batches: the third image (second batch) is the
+    # same as when every label is 2, and not as when its label is 0
+    kw = dict(steps=4, seed=1, guidance_scale=2.0, batch_size=2)
+    split = fitted.sample(3, labels=[0, 1, 2], **kw)
+    assert torch.equal(split[2], fitted.sample(3, labels=[2, 2, 2], **kw)[2])
+    assert not torch.equal(split[2], fitted.sample(3, labels=[0, 1, 0], **kw)[2])
+
+
+def test_a_custom_conditional_backbone_gets_the_null_label_without_labels(images, labels):
+    class Embedded(nn.Module):  # indexes an embedding with cond: None would fail
+        feature_channels = 4
+        num_classes = 3
+
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(4, 4)
+            self.body = nn.Conv2d(1, 4, 3, padding=1)
+            self.out = nn.Conv2d(4, 1, 1)
+
+        def forward(self, x, t, cond=None):
+            h = torch.tanh(self.body(x) + self.emb(cond)[:, :, None, None])
+            return self.out(h), h
+
+    m = tiny(backbone=Embedded()).fit(images, labels)
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:4] = True
+    assert m.sample(2, steps=2, seed=0).shape == (2, 1, 8, 8)
+    assert m.inpaint(images[:2], mask, steps=2, seed=0).shape == (2, 1, 8, 8)
+
+
+def test_without_label_dropout_the_null_label_warns(images, labels):
+    m = tiny(label_dropout=0.0).fit(images, labels)
+    with pytest.warns(UserWarning, match="never trained"):
+        m.sample(2, steps=2, seed=0)
+    with pytest.warns(UserWarning, match="never trained"):
+        m.sample(2, steps=2, seed=0, labels=1, guidance_scale=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.sample(2, steps=2, seed=0, labels=1)  # the conditional model alone: fine
 
 
 def test_label_dropout_replaces_labels_with_the_null_label(images):
@@ -159,6 +202,12 @@ def test_conditional_inpainting_keeps_the_known_pixels(fitted, images):
     out = fitted.inpaint(images[:2], mask, steps=4, jump_length=2, jump_n_sample=2, seed=0,
                          labels=[0, 1], guidance_scale=2.0)
     assert torch.equal(out[..., :4], images[:2, ..., :4])
+    other = fitted.inpaint(images[:2], mask, steps=4, jump_length=2, jump_n_sample=2, seed=0,
+                           labels=[2, 2], guidance_scale=2.0)
+    assert not torch.equal(out[1], other[1])  # the labels steer the filled pixels
+    assert torch.equal(out[0], fitted.inpaint(images[:2], mask, steps=4, jump_length=2,
+                                              jump_n_sample=2, seed=0, labels=[0, 2],
+                                              guidance_scale=2.0)[0])
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         fitted.inpaint(images[:2], mask, steps=4, labels=[0])
 

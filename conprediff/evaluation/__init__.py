@@ -21,7 +21,6 @@ from torch import nn
 from .features import (
     FeatureExtractor,
     LeNetClassifier,
-    _as_images,
     default_cache_dir,
     default_digits_extractor,
     train_classifier,
@@ -56,6 +55,15 @@ __all__ = [
     "precision_recall",
     "train_classifier",
 ]
+
+
+def _image_shape(images: Any) -> tuple[int, ...] | None:
+    """``(C, H, W)`` of an ``(N, C, H, W)`` (or ``(N, H, W)``: C = 1) set, read without copying
+    it; None when it has no such shape (the extractor then says what it needs)."""
+    shape = tuple(images.shape) if hasattr(images, "shape") else np.shape(images)
+    if len(shape) == 3:
+        return (1, *shape[1:])
+    return tuple(shape[1:]) if len(shape) == 4 else None
 
 
 def evaluate_samples(
@@ -133,9 +141,8 @@ def evaluate_samples(
             "extractor must be a FeatureExtractor, an nn.Module or a callable; "
             f"got {type(extractor)}"
         )
-    real_shape = tuple(_as_images("real_images", real_images).shape[1:])
-    fake_shape = tuple(_as_images("fake_images", fake_images).shape[1:])
-    if real_shape != fake_shape:
+    real_shape, fake_shape = _image_shape(real_images), _image_shape(fake_images)
+    if None not in (real_shape, fake_shape) and real_shape != fake_shape:
         raise ValueError(
             f"real and fake images must have the same (C, H, W), got {real_shape} and {fake_shape}"
         )

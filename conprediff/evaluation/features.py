@@ -763,6 +763,7 @@ class FeatureExtractor(BaseEstimator):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         x = _as_images("images", images)
+        self._check_like_training_data(x)
         params = list(model.parameters()) if isinstance(model, nn.Module) else []
         device = params[0].device if params else torch.device("cpu")
         dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32

@@ -92,33 +92,45 @@ def check_in_range(
 def check_labels(labels: Any, num_classes: int, n: int, name: str = "labels") -> torch.Tensor:
     """Validate ``n`` class labels in ``[0, num_classes)`` and return them as an int64 tensor.
 
-    Accepts a tensor, an array or a sequence of integers (``(n,)``), or one integer for all ``n``.
+    Accepts a tensor, an array or a sequence of integers (``(n,)``), or one integer (a Python or
+    numpy integer, or a 0-dimensional tensor or array) for all ``n``.
 
     Raises
     ------
     ValueError
-        If labels are missing, not ``(n,)``, not integers, or outside ``[0, num_classes)``.
+        If labels are missing, not integers, not ``(n,)``, or outside ``[0, num_classes)``.
     """
     if labels is None:
         raise ValueError(
             f"the backbone is class-conditional (num_classes={num_classes}) but the {name} are "
             "missing: pass y= to fit, or let the data yield (images, labels)"
         )
-    if isinstance(labels, numbers.Integral) and not isinstance(labels, bool):
-        labels = torch.full((n,), int(labels), dtype=torch.long)
-    elif not isinstance(labels, torch.Tensor):
-        labels = torch.as_tensor(np.asarray(labels))
-    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"{name} must be integers, got dtype {labels.dtype}")
-    if labels.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), one per image, got {tuple(labels.shape)}")
-    labels = labels.long()
-    if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    if isinstance(labels, torch.Tensor):
+        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"{name} must be integers, got dtype {labels.dtype}")
+        values = labels.detach().cpu().numpy()
+    elif isinstance(labels, numbers.Integral) and not isinstance(labels, bool):
+        values = labels  # a Python int of any size: checked against the range below
+    else:
+        values = np.asarray(labels)
+        if values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"{name} must be integers, got {values.dtype} values")
+    if np.ndim(values) == 0:
+        lo = hi = int(values)
+    else:
+        if np.shape(values) != (n,):
+            raise ValueError(
+                f"{name} must have shape ({n},), one per image, got {tuple(np.shape(values))}"
+            )
+        lo, hi = (int(values.min()), int(values.max())) if n else (0, 0)
+    if lo < 0 or hi >= num_classes:
         raise ValueError(
             f"{name} must lie in [0, {num_classes}) (num_classes={num_classes}), got values from "
-            f"{int(labels.min())} to {int(labels.max())}"
+            f"{lo} to {hi}"
         )
-    return labels
+    if np.ndim(values) == 0:
+        return torch.full((n,), lo, dtype=torch.long)
+    return torch.from_numpy(np.asarray(values, dtype=np.int64))
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
@@ -152,9 +164,10 @@ def as_loader(
     n_items : int or None
         Number of images when known.
     """
+    if isinstance(data, DataLoader | Dataset) and y is not None:
+        kind = "DataLoader" if isinstance(data, DataLoader) else "Dataset"
+        raise ValueError(f"y must be None when data is a {kind} (yield (images, labels))")
     if isinstance(data, DataLoader):
-        if y is not None:
-            raise ValueError("y must be None when data is a DataLoader (yield (images, labels))")
         if world_size > 1 and not isinstance(data.sampler, DistributedSampler):
             warnings.warn(
                 "data is a DataLoader without a DistributedSampler: under DDP every rank iterates "
