@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="model.safetensors", help="model file (%(default)s)")
     train.add_argument("--size", type=int, default=None, help="resize images to SIZE x SIZE")
     train.add_argument("--rgb", action="store_true", help="3 channels (default: grey)")
+    train.add_argument(
+        "--conditional",
+        action="store_true",
+        help="class-conditional: the class of an image is its subfolder of FOLDER",
+    )
     _add_training_args(train, steps=5000)
 
     sample = sub.add_parser("sample", help="sample a saved model into a PNG grid")
@@ -85,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.png", help="PNG grid (%(default)s)")
     sample.add_argument("--steps", type=int, default=50, help="DDIM steps (%(default)s)")
     sample.add_argument("--seed", type=int, default=0, help="sampling seed (%(default)s)")
+    sample.add_argument("--label", type=int, default=None,
+                        help="class of every image (a conditional model; default unconditional)")
+    sample.add_argument("--guidance-scale", type=float, default=1.0,
+                        help="classifier-free guidance scale with --label (%(default)s)")
     sample.add_argument("--device", default="auto")
 
     inpaint = sub.add_parser("inpaint", help="fill the missing pixels of an image (RePaint)")
@@ -104,12 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model(args: argparse.Namespace):
+def _model(args: argparse.Namespace, num_classes: int | None = None):
     from .backbones import UNet
     from .estimator import ConPreDiffModel
 
     return ConPreDiffModel(
-        backbone=UNet(base_channels=args.base_channels, channel_mults=tuple(args.channel_mults)),
+        backbone=UNet(base_channels=args.base_channels, channel_mults=tuple(args.channel_mults),
+                      num_classes=num_classes),
         context=_context(args),
         max_steps=args.steps,
         batch_size=args.batch_size,
@@ -156,8 +166,11 @@ def _demo_inpainting(model, images, path: Path, seed: int) -> Path:
 def _train(args: argparse.Namespace) -> None:
     from .data import ImageFolder
 
-    data = ImageFolder(args.folder, mode="RGB" if args.rgb else "L", size=args.size)
-    model = _model(args).fit(data)
+    data = ImageFolder(args.folder, mode="RGB" if args.rgb else "L", size=args.size,
+                       labels=args.conditional)
+    if args.conditional:
+        print("classes: " + ", ".join(f"{i} = {name}" for i, name in enumerate(data.classes)))
+    model = _model(args, len(data.classes) if args.conditional else None).fit(data)
     print(model.save(args.out))
 
 
@@ -166,7 +179,8 @@ def _sample(args: argparse.Namespace) -> None:
     from .plotting import save_image_grid
 
     model = ConPreDiffModel.load(args.model, device=args.device)
-    images = model.sample(args.n, steps=args.steps, seed=args.seed)
+    images = model.sample(args.n, steps=args.steps, seed=args.seed, labels=args.label,
+                          guidance_scale=args.guidance_scale)
     print(save_image_grid(images, args.out, data_range=model.data_range_))
 
 

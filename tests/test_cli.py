@@ -128,3 +128,22 @@ def test_context_flags_build_the_context_term():
     assert default.weight == ContextPrediction().weight and default.strides == (1, 2)
     custom = _context(parse("--context-weight", "0.5", "--strides", "1", "2", "3"))
     assert custom.weight == 0.5 and custom.strides == (1, 2, 3)
+
+
+def test_train_conditional_on_class_subfolders_and_sample_one_class(tmp_path, capsys):
+    root = tmp_path / "classes"
+    for name in ("b", "a"):  # classes are numbered in sorted order: a = 0, b = 1
+        (root / name).mkdir(parents=True)
+        image_folder(root / name, 4, 8)  # root/name/imgs/*.png
+    model = tmp_path / "c.safetensors"
+    assert main(["train", str(root), "--conditional", "--out", str(model),
+                 "--channel-mults", "1", "2", *TINY]) == 0
+    assert "classes: 0 = a, 1 = b" in capsys.readouterr().out
+    from conprediff import ConPreDiffModel
+
+    assert ConPreDiffModel.load(model).backbone_.num_classes == 2
+    out = tmp_path / "s.png"
+    args = ["sample", str(model), "--n", "2", "--steps", "2", "--out", str(out)]
+    assert main([*args, "--label", "1", "--guidance-scale", "2"]) == 0 and out.is_file()
+    assert main([*args, "--label", "2"]) == 2  # out of range: reported
+    assert "must lie in [0, 2)" in capsys.readouterr().err

@@ -60,3 +60,19 @@ def test_image_folder_errors(tmp_path):
         ImageFolder(tmp_path)
     with pytest.raises(ValueError, match="mode"):
         ImageFolder(tmp_path, mode="CMYK")
+
+
+def test_image_folder_labels_from_subfolders(tmp_path):
+    from PIL import Image
+
+    for name, n in (("zebra", 2), ("ant", 1)):
+        (tmp_path / name / "deep").mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (4, 4), 255).save(tmp_path / name / "deep" / f"{i}.png")
+    ds = ImageFolder(tmp_path, labels=True)
+    assert ds.classes == ["ant", "zebra"]
+    assert [ds[i][1] for i in range(len(ds))] == [0, 1, 1]
+    assert ds[0][0].shape == (1, 4, 4) and ImageFolder(tmp_path).classes == []
+    Image.new("L", (4, 4)).save(tmp_path / "loose.png")
+    with pytest.raises(ValueError, match="1 images lie in it directly"):
+        ImageFolder(tmp_path, labels=True)

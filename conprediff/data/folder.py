@@ -25,6 +25,15 @@ class ImageFolder(Dataset):
     size : int or tuple of int, optional
         Resize every image to ``(size, size)`` or ``(H, W)`` (bicubic). Without it, all images
         must already share one size (checked when the model is fitted).
+    labels : bool, default=False
+        Items are ``(image, label)``: the class of an image is its first-level subfolder
+        (``root/<class>/...``), numbered in the sorted order of the names (``classes``), as in
+        torchvision's ``ImageFolder``. Every image must then lie in a subfolder.
+
+    Attributes
+    ----------
+    classes : list of str
+        The class names with ``labels=True`` (label ``i`` is ``classes[i]``); empty otherwise.
 
     Notes
     -----
@@ -32,11 +41,16 @@ class ImageFolder(Dataset):
     """
 
     def __init__(
-        self, root: str | Path, mode: str = "L", size: int | tuple[int, int] | None = None
+        self,
+        root: str | Path,
+        mode: str = "L",
+        size: int | tuple[int, int] | None = None,
+        labels: bool = False,
     ):
         self.root = Path(root)
         self.mode = mode
         self.size = (size, size) if isinstance(size, int) else size
+        self.labels = labels
         if mode not in ("L", "RGB"):
             raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
         if not self.root.is_dir():
@@ -46,11 +60,24 @@ class ImageFolder(Dataset):
         )
         if not self.paths:
             raise ValueError(f"root {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.classes: list[str] = []
+        self._targets: list[int] = []
+        if labels:
+            loose = [p.name for p in self.paths if p.parent == self.root]
+            if loose:
+                raise ValueError(
+                    f"labels=True takes the class of an image from its subfolder of {str(root)!r}, "
+                    f"but {len(loose)} images lie in it directly (e.g. {loose[0]!r})"
+                )
+            names = [p.relative_to(self.root).parts[0] for p in self.paths]
+            self.classes = sorted(set(names))
+            index = {name: i for i, name in enumerate(self.classes)}
+            self._targets = [index[name] for name in names]
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int]:
         from PIL import Image
 
         with Image.open(self.paths[index]) as img:
@@ -62,4 +89,5 @@ class ImageFolder(Dataset):
             arr = arr[None]
         else:
             arr = arr.transpose(2, 0, 1)
-        return torch.from_numpy(arr.copy()) / 127.5 - 1.0
+        image = torch.from_numpy(arr.copy()) / 127.5 - 1.0
+        return (image, self._targets[index]) if self.labels else image
