@@ -122,6 +122,8 @@ def arm_catalogue(
         "point_fraction=0.25": {"point_fraction": 0.25},
         "point_fraction=0.5": {"point_fraction": 0.5},
         "point_fraction=1": {"point_fraction": 1.0},
+        # the two arms of the pilot ahead of the baseline on plain FID in every pair, together
+        "strides=1,2,3+lambda=0.05": {"strides": (1, 2, 3), "weight": 0.05},
         # the decoder reads the UNet's bottleneck, repeated to the grid, instead of its last map
         "features=mid": {BACKBONE: {"features": "mid"}},
     }
