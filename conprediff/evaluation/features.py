@@ -650,6 +650,22 @@ class FeatureExtractor(BaseEstimator):
                 stacklevel=3,
             )
 
+    def _inputs(
+        self, images: Any, batch_size: int | None
+    ) -> tuple[torch.Tensor, int, torch.device, torch.dtype]:
+        """``images`` checked as ``(N, C, H, W)`` float32 (and against the training data, see
+        :meth:`_check_like_training_data`), the batch size, and the network's device and dtype."""
+        batch_size = self.batch_size if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        x = _as_images("images", images)
+        self._check_like_training_data(x)
+        model = self.model_
+        params = list(model.parameters()) if isinstance(model, nn.Module) else []
+        device = params[0].device if params else torch.device("cpu")
+        dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
+        return x, batch_size, device, dtype
+
     def extract(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """Feature vectors of images.
 
@@ -684,15 +700,8 @@ class FeatureExtractor(BaseEstimator):
                     "fit(images, labels) before extract()"
                 )
             self.fit()
-        batch_size = self.batch_size if batch_size is None else batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-        x = _as_images("images", images)
-        self._check_like_training_data(x)
         model = self.model_
-        params = list(model.parameters()) if isinstance(model, nn.Module) else []
-        device = params[0].device if params else torch.device("cpu")
-        dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
+        x, batch_size, device, dtype = self._inputs(images, batch_size)
         fn = model.features if hasattr(model, "features") and callable(model.features) else model
         was_training = model.training if isinstance(model, nn.Module) else False
         if isinstance(model, nn.Module):
@@ -759,14 +768,7 @@ class FeatureExtractor(BaseEstimator):
                 "classify needs a classifier: a network with a features() method whose forward "
                 "returns class logits (e.g. LeNetClassifier)"
             )
-        batch_size = self.batch_size if batch_size is None else batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-        x = _as_images("images", images)
-        self._check_like_training_data(x)
-        params = list(model.parameters()) if isinstance(model, nn.Module) else []
-        device = params[0].device if params else torch.device("cpu")
-        dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
+        x, batch_size, device, dtype = self._inputs(images, batch_size)
         was_training = model.training if isinstance(model, nn.Module) else False
         if isinstance(model, nn.Module):
             model.eval()
