@@ -85,7 +85,7 @@ def arm_catalogue(
 
     Each arm is ``context_base`` (the output folder's :attr:`Protocol.context_base`; empty: the
     library's defaults, i.e. strides (1, 2), lambda 0.1, sampled decoder with the exact sorted W2
-    ('auto'), x0 targets, point_fraction 0.25) updated with the arm's own settings. The
+    ('auto'), x0 targets, point_fraction 0.1) updated with the arm's own settings. The
     reference arm ``conprediff`` is ``context_base`` itself.
     """
     # JSON has no tuples: the protocol keeps strides=(1, 2) as [1, 2]
@@ -119,6 +119,7 @@ def arm_catalogue(
         "metric=gaussian": {"decoder": "gaussian", "metric": "auto"},
         "target=x0": {"target": "x0"},
         "target=posterior": {"target": "posterior"},
+        "point_fraction=0.1": {"point_fraction": 0.1},
         "point_fraction=0.25": {"point_fraction": 0.25},
         "point_fraction=0.5": {"point_fraction": 0.5},
         "point_fraction=1": {"point_fraction": 1.0},
@@ -126,6 +127,8 @@ def arm_catalogue(
         "strides=1,2,3+lambda=0.05": {"strides": (1, 2, 3), "weight": 0.05},
         # the decoder reads the UNet's bottleneck, repeated to the grid, instead of its last map
         "features=mid": {BACKBONE: {"features": "mid"}},
+        # every point of the (2s + 1)^2 square per stride: 8 + 24 neighbours instead of 8 + 8
+        "shape=square": {"shape": "square"},
     }
     return {name: None if kw is None else {**context_base, **kw} for name, kw in arms.items()}
 
@@ -137,8 +140,10 @@ SWEEPS = {
                "lambda=snr", "lambda=truncated", "lambda=high-t", "lambda=0.3-high-t"],
     "metric": ["metric=auto", "metric=gaussian"],
     "target": ["target=x0", "target=posterior"],
-    "point-fraction": ["point_fraction=0.25", "point_fraction=0.5", "point_fraction=1"],
+    "point-fraction": ["point_fraction=0.1", "point_fraction=0.25", "point_fraction=0.5",
+                       "point_fraction=1"],
     "features": ["features=mid"],
+    "shape": ["shape=square"],
 }
 
 

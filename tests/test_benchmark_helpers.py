@@ -181,8 +181,9 @@ def test_context_base_pins_every_arm_of_a_folder(tmp_path):
     arms, aliases = select_arms(args, 1000, base)
     assert aliases == {"point_fraction=0.5": DEFAULT}
     assert arms == ["baseline", DEFAULT, "point_fraction=0.25"]
-    arms, aliases = select_arms(args, 1000)  # library defaults: 0.25 is the reference
-    assert aliases == {"point_fraction=0.25": DEFAULT} and "point_fraction=0.5" in arms
+    args.arms = ["point_fraction=0.5", "point_fraction=0.1"]
+    arms, aliases = select_arms(args, 1000)  # library defaults: 0.1 is the reference
+    assert aliases == {"point_fraction=0.1": DEFAULT} and "point_fraction=0.5" in arms
     # a protocol.json written before context_base existed ran on the defaults of that time
     saved = {k: v for k, v in vars(tiny_protocol()).items() if k != "context_base"}
     (tmp_path / "protocol.json").write_text(json.dumps(saved))
