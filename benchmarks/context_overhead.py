@@ -22,7 +22,10 @@ from conprediff.wasserstein import SortedW2
 # A row named "default" or "(default)" follows ContextPrediction's defaults; every other row
 # spells out the settings it names, so a change of the defaults cannot relabel it.
 CONFIGS = {
-    "default: sampled, latent 8, point_fraction 0.25, sorted W2": dict(),
+    "default: sampled, latent 8, point_fraction 0.1, sorted W2": dict(),
+    "sampled, latent 8, point_fraction 0.25 (the default until 2026-11-30)": dict(
+        latent_dim=8, point_fraction=0.25
+    ),
     "sampled, latent 8, point_fraction 0.5 (the default until 2026-11-29)": dict(
         latent_dim=8, point_fraction=0.5
     ),
@@ -49,7 +52,10 @@ CONFIGS = {
     "gaussian decoder, closed form, point_fraction 0.5": dict(
         decoder="gaussian", point_fraction=0.5
     ),
-    "gaussian decoder, closed form, point_fraction 0.25 (default fraction)": dict(
+    "gaussian decoder, closed form, point_fraction 0.25": dict(
+        decoder="gaussian", point_fraction=0.25
+    ),
+    "gaussian decoder, closed form, point_fraction 0.1 (default fraction)": dict(
         decoder="gaussian"
     ),
 }

@@ -265,7 +265,7 @@ def test_params_nested_and_clone():
     params = cp.get_params(deep=True)
     assert params["weight__value"] == 0.5 and params["weight__power"] == 2.0
     assert params["metric__n_projections"] == 8
-    assert params["point_fraction"] == 0.25 and params["strides"] == (1, 2)
+    assert params["point_fraction"] == 0.1 and params["strides"] == (1, 2)
     c = clone(cp)
     assert c.weight is not cp.weight and c.metric is not cp.metric
     assert c.get_params(deep=True).keys() == params.keys()

@@ -102,15 +102,18 @@ class ContextPrediction(BaseEstimator):
     target : {'x0', 'posterior'}, default='x0'
         The map whose neighbours are predicted: the clean sample :math:`x_0`, or the posterior
         mean :math:`\tilde\mu_t(x_0, x_t)` of :math:`x_{t-1}` (``schedule.posterior``).
-    point_fraction : float, default=0.25
+    point_fraction : float, default=0.1
         In ``(0, 1]``: the term is computed on ``max(1, round(point_fraction * B * H * W))``
         points drawn without replacement at every call (an unbiased estimate of the mean over
-        all points). 0.25 rather than every point, for cost: on the CPU overhead benchmark
-        (``docs/benchmarks/context_overhead.md``, side by side) a training step cost 1.06-1.09x
-        the baseline's with 0.25, 1.11-1.17x with 0.5 and 1.29x with 1.0, and in the paired MNIST-5k
-        pilot (``docs/benchmarks/ablation.md``) 0.25, 0.5 and 1.0 gave the same quality (0.25
-        minus 0.5: FID -0.9 [-2.3, +0.5], 5 seeds). Neighbouring points are strongly
-        correlated, so a quarter of them estimates the mean almost as well as all of them.
+        all points). 0.1 rather than every point, for cost: in the paired MNIST-5k pilot
+        (``docs/benchmarks/ablation.md``, 5 seeds) a tenth, a quarter, a half and all of the
+        points gave the same quality (a tenth minus a half: FID +0.1 [-1.7, +2.0]; a quarter
+        minus a half: -0.9 [-2.3, +0.5]), while a training step of the pilot's small UNet cost
+        1.11x the baseline's with 0.1 and 1.35x with 0.5; on the CPU overhead benchmark
+        (``docs/benchmarks/context_overhead.md``, side by side) 0.1 cost 1.07x, 0.25 1.06-1.09x
+        and 0.5 1.11-1.18x. Neighbouring points are strongly correlated, so a tenth of them (5,018
+        points of a batch of 64 images of 28 x 28) estimates the mean almost as well as all of
+        them.
 
     Notes
     -----
@@ -140,7 +143,7 @@ class ContextPrediction(BaseEstimator):
         metric="auto",
         weight=0.1,
         target: str = "x0",
-        point_fraction: float = 0.25,
+        point_fraction: float = 0.1,
     ):
         self.strides = strides
         self.shape = shape
