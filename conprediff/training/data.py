@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
+
+from .._validation import check_images, check_in_range, check_labels
+from ..ranges import from_unit, infer_data_range, to_unit
 
 __all__ = [
     "BatchStream",
@@ -23,114 +25,6 @@ __all__ = [
     "split_batch",
     "to_unit",
 ]
-
-
-def check_images(x: Any, name: str = "data") -> torch.Tensor:
-    """Validate a batch of images ``(N, C, H, W)`` and return it as a float32 tensor.
-
-    Raises
-    ------
-    TypeError
-        If ``x`` is neither a tensor nor an array, or has a non-numeric dtype.
-    ValueError
-        If ``x`` is not 4-dimensional, is empty, or holds NaN/inf values.
-    """
-    if isinstance(x, np.ndarray):
-        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-            raise TypeError(f"{name} must hold real numbers, got an array of dtype {x.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, torch.Tensor):
-        kinds = ("a torch.Tensor, a numpy array, a Dataset or a DataLoader" if name == "data"
-                 else "a torch.Tensor or a numpy array")
-        hint = ""
-        if type(x).__module__.startswith("PIL") and name == "data":
-            hint = (
-                " (a Dataset must yield (C, H, W) image tensors: convert each PIL image, e.g. "
-                "torch.from_numpy(numpy.asarray(img)).permute(2, 0, 1) for RGB or [None] for "
-                "grey, or read a folder with conprediff.data.ImageFolder)"
-            )
-        raise TypeError(f"{name} must be {kinds}, got {type(x).__name__}{hint}")
-    if x.dtype == torch.bool or x.is_complex():
-        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
-    if x.ndim != 4:
-        hint = " (add a channel axis: x[:, None])" if x.ndim == 3 else ""
-        raise ValueError(
-            f"{name} must be 4-dimensional (N, C, H, W), got {x.ndim} dimensions with shape "
-            f"{tuple(x.shape)}{hint}"
-        )
-    if x.shape[3] in (1, 3, 4) and x.shape[1] == x.shape[2] > 4:
-        raise ValueError(
-            f"{name} of shape {tuple(x.shape)} looks channels-last (N, H, W, C); conprediff "
-            f"expects (N, C, H, W): use x.permute(0, 3, 1, 2) (numpy: x.transpose(0, 3, 1, 2))"
-        )
-    if x.shape[0] == 0 or x.numel() == 0:
-        raise ValueError(f"{name} is empty: got shape {tuple(x.shape)}")
-    x = x.float()
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    return x
-
-
-def check_in_range(
-    x: torch.Tensor, data_range: tuple[float, float], name: str, tol: float = 0.02
-) -> None:
-    """Raise ValueError if ``x`` leaves ``data_range`` by more than ``tol`` of its width.
-
-    The default tolerance is :func:`infer_data_range`'s (resizing overshoots a little).
-    """
-    lo, hi = data_range
-    margin = tol * (hi - lo)
-    x_lo, x_hi = float(x.min()), float(x.max())
-    if x_lo < lo - margin or x_hi > hi + margin:
-        raise ValueError(
-            f"{name} values must lie in the data range [{lo:g}, {hi:g}], got "
-            f"[{x_lo:.4g}, {x_hi:.4g}]"
-            + (" (set data_range to the data's range, or 'auto')" if name == "data" else "")
-        )
-
-
-def check_labels(labels: Any, num_classes: int, n: int, name: str = "labels") -> torch.Tensor:
-    """Validate ``n`` class labels in ``[0, num_classes)`` and return them as an int64 tensor.
-
-    Accepts a tensor, an array or a sequence of integers (``(n,)``), or one integer (a Python or
-    numpy integer, or a 0-dimensional tensor or array) for all ``n``.
-
-    Raises
-    ------
-    ValueError
-        If labels are missing, not integers, not ``(n,)``, or outside ``[0, num_classes)``.
-    """
-    if labels is None:
-        raise ValueError(
-            f"the backbone is class-conditional (num_classes={num_classes}) but the {name} are "
-            "missing: pass y= to fit, or let the data yield (images, labels)"
-        )
-    if isinstance(labels, torch.Tensor):
-        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-            raise ValueError(f"{name} must be integers, got dtype {labels.dtype}")
-        values = labels.detach().cpu().numpy()
-    elif isinstance(labels, numbers.Integral) and not isinstance(labels, bool):
-        values = labels  # a Python int of any size: checked against the range below
-    else:
-        values = np.asarray(labels)
-        if values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.integer):
-            raise ValueError(f"{name} must be integers, got {values.dtype} values")
-    if np.ndim(values) == 0:
-        lo = hi = int(values)
-    else:
-        if np.shape(values) != (n,):
-            raise ValueError(
-                f"{name} must have shape ({n},), one per image, got {tuple(np.shape(values))}"
-            )
-        lo, hi = (int(values.min()), int(values.max())) if n else (0, 0)
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(
-            f"{name} must lie in [0, {num_classes}) (num_classes={num_classes}), got values from "
-            f"{lo} to {hi}"
-        )
-    if np.ndim(values) == 0:
-        return torch.full((n,), lo, dtype=torch.long)
-    return torch.from_numpy(np.asarray(values, dtype=np.int64))
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
@@ -297,34 +191,3 @@ def _collate_same_size(items: list[Any]) -> Any:
                 "; resize them to one size (e.g. ImageFolder(root, size=...))"
             )
     return torch.utils.data.default_collate(items)
-
-
-def infer_data_range(images: torch.Tensor, tol: float = 0.02) -> tuple[float, float]:
-    """The range images live in.
-
-    ``[0, 1]`` or ``[-1, 1]`` when the data lies in one of them (up to ``tol`` of overshoot, as
-    resizing leaves), ``[0, 255]`` when the values are within it and exceed ``1 + tol``, else
-    the data's own ``[min, max]``.
-    """
-    lo, hi = float(images.min()), float(images.max())
-    if lo >= -tol and hi <= 1 + tol:
-        return 0.0, 1.0
-    if lo >= -1 - tol and hi <= 1 + tol:
-        return -1.0, 1.0
-    if lo >= -tol * 255 and 100.0 <= hi <= 255 * (1 + tol):
-        return 0.0, 255.0
-    if hi <= lo:
-        raise ValueError(f"data is constant ({lo}); it has no range to model")
-    return lo, hi
-
-
-def to_unit(x: torch.Tensor, data_range: tuple[float, float]) -> torch.Tensor:
-    """Map ``data_range`` affinely onto ``[-1, 1]``."""
-    lo, hi = data_range
-    return (x - lo) * (2.0 / (hi - lo)) - 1.0
-
-
-def from_unit(x: torch.Tensor, data_range: tuple[float, float]) -> torch.Tensor:
-    """Map ``[-1, 1]`` affinely back onto ``data_range``."""
-    lo, hi = data_range
-    return (x + 1.0) * ((hi - lo) / 2.0) + lo
