@@ -67,10 +67,20 @@ def test_schedule_counts(t_T, j, r, n_forward):
     assert set(np.abs(d)) == {1}
 
 
-@pytest.mark.parametrize("args", [(0, 1, 1), (5, 0, 1), (5, 1, 0), (5.0, 1, 1), (5, 1, True)])
-def test_schedule_rejects_bad_arguments(args):
+@pytest.mark.parametrize("args", [(0, 1, 1), (5, 0, 1), (5, 1, 0)])
+def test_schedule_rejects_bad_values(args):
     with pytest.raises(ValueError):
         repaint_schedule(*args)
+
+
+@pytest.mark.parametrize("args", [(5.0, 1, 1), (5, 1, True), (5, "2", 1)])
+def test_schedule_rejects_bad_types(args):
+    with pytest.raises(TypeError):
+        repaint_schedule(*args)
+
+
+def test_schedule_accepts_numpy_integers():
+    assert repaint_schedule(np.int64(6), np.int32(2), np.int16(2)) == repaint_schedule(6, 2, 2)
 
 
 # ------------------------------------------------------------------------------- step pieces
@@ -129,7 +139,7 @@ FAST = dict(steps=10, jump_length=3, jump_n_sample=2)
 
 @pytest.mark.parametrize("family", sorted(MASK_FAMILIES))
 @pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
 def test_known_pixels_are_exact(family, batch, sampler):
     image = _image((batch, 3, 16, 12), seed=batch)
     mask = make_mask(family, 16, 12, seed=4)
@@ -275,7 +285,7 @@ def _success_rate(points, mask, **kw):
     return ((out - image).abs().flatten(1).amax(1) < 1e-3).float().mean().item()
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
 @pytest.mark.parametrize("jump_n_sample, at_least", [(1, 0.8), (10, 0.95)])
 def test_mixture_oracle_completes_a_half_with_the_right_image(sampler, jump_n_sample, at_least):
     # the known half identifies the image among the 6, so the missing half must be its pixels
@@ -301,6 +311,8 @@ def test_validation_errors():
     mask = torch.ones(4, 4, dtype=torch.bool)
     with pytest.raises(ValueError, match="sampler"):
         repaint(_zeros, image, mask, S, sampler="euler", **FAST)
+    with pytest.raises(TypeError, match="sampler"):
+        repaint(_zeros, image, mask, S, sampler=None, **FAST)
     with pytest.raises(ValueError, match="prediction"):
         repaint(_zeros, image, mask, S, prediction="score", **FAST)
     with pytest.raises(ValueError, match="steps"):
@@ -322,3 +334,58 @@ def test_progress_bar_runs(capsys):
         **FAST,
     )
     assert torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------ built from the samplers' steps
+
+
+def _tanh(x, t):
+    return torch.tanh(0.7 * x) + 0.001 * t[:, None, None, None].float()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_all_missing_without_jumps_is_the_plain_sampler(sampler):
+    # merge_known draws noise but changes nothing when every pixel is missing; the deterministic
+    # samplers use no noise after the first draw, so RePaint is the sampler itself, bitwise
+    from conprediff.diffusion import SAMPLERS, Denoiser, ddim_timesteps
+
+    shape = (2, 1, 4, 4)
+    out = repaint(_tanh, _image(shape), torch.ones(4, 4, dtype=torch.bool), S, steps=12,
+                  jump_n_sample=1, sampler=sampler, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    ref = SAMPLERS[sampler](Denoiser(_tanh, S), x, ddim_timesteps(100, 12))
+    assert torch.equal(out, ref)
+
+
+def test_multistep_history_is_reset_after_every_jump(monkeypatch):
+    import importlib
+
+    # the module, which the package's function of the same name hides from attribute access
+    module = importlib.import_module("conprediff.inpainting.repaint")
+
+    seen = []
+    real = module.reverse_step
+
+    def spy(name, timesteps, **kw):
+        step = real(name, timesteps, **kw)
+
+        def wrapped(denoiser, x, t, t_prev, *, generator=None, state=None):
+            seen.append((t, state is None))
+            return step(denoiser, x, t, t_prev, generator=generator, state=state)
+
+        return wrapped
+
+    monkeypatch.setattr(module, "reverse_step", spy)
+    repaint(_tanh, _image((1, 1, 4, 4)), make_mask("half", 4, 4), S, steps=10, jump_length=3,
+            jump_n_sample=2, sampler="dpmpp_2m", generator=torch.Generator().manual_seed(0))
+    times = repaint_schedule(10, 3, 2)
+    grid = [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]
+    fresh, previous_up = [], True  # the first step starts without history
+    for a, b in zip(times[:-1], times[1:], strict=True):
+        if b > a:
+            previous_up = True
+        else:
+            fresh.append((grid[a], previous_up))
+            previous_up = False
+    assert seen == fresh
+    assert sum(f for _, f in seen) == 1 + len(range(0, 10 - 3, 3))  # the start and each jump

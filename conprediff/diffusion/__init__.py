@@ -1,25 +1,60 @@
-"""Diffusion processes: Gaussian (continuous) diffusion losses and reverse steps."""
+"""Diffusion processes and samplers: Gaussian losses and reverse steps, the denoiser wrapper,
+classifier-free guidance, and the sampler registry."""
 
+from .denoiser import Denoiser
 from .gaussian import (
     PREDICTIONS,
     ddim_step,
     ddim_timesteps,
+    ddim_update,
     ddpm_step,
+    ddpm_update,
     diffusion_loss,
     min_snr_weight,
     sample_loop,
     to_x0_eps,
     training_target,
 )
+from .guidance import guided
+from .samplers import (
+    SAMPLERS,
+    STEPS,
+    generate,
+    get_sampler,
+    reverse_step,
+    run_steps,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    step_ddim,
+    step_ddpm,
+    step_dpmpp_2m,
+)
 
 __all__ = [
     "PREDICTIONS",
+    "SAMPLERS",
+    "STEPS",
+    "Denoiser",
     "ddim_step",
     "ddim_timesteps",
+    "ddim_update",
     "ddpm_step",
+    "ddpm_update",
     "diffusion_loss",
+    "generate",
+    "get_sampler",
+    "guided",
     "min_snr_weight",
+    "reverse_step",
+    "run_steps",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpmpp_2m",
     "sample_loop",
+    "step_ddim",
+    "step_ddpm",
+    "step_dpmpp_2m",
     "to_x0_eps",
     "training_target",
 ]

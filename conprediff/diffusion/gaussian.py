@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 
+from .._validation import check_int
 from ..schedules import NoiseSchedule, _gather
 
 __all__ = [
@@ -25,7 +26,9 @@ __all__ = [
     "min_snr_weight",
     "to_x0_eps",
     "ddpm_step",
+    "ddpm_update",
     "ddim_step",
+    "ddim_update",
     "ddim_timesteps",
     "sample_loop",
 ]
@@ -194,6 +197,21 @@ def ddpm_step(
         ``(B, C, H, W)`` sample at ``t - 1``.
     """
     x0, _ = to_x0_eps(out, xt, t, schedule, prediction, clip)
+    return ddpm_update(x0, xt, t, schedule, noise)
+
+
+def ddpm_update(
+    x0: torch.Tensor,
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    schedule: NoiseSchedule,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    r"""The ancestral step of :func:`ddpm_step` from a clean estimate :math:`\hat x_0`.
+
+    :math:`x_{t-1} = \tilde\mu_t(x_t, \hat x_0) + \sqrt{\tilde\beta_t}\, z`; ``x0``, ``xt``,
+    ``noise`` ``(B, C, H, W)``, ``t`` ``(B,)``; returns ``(B, C, H, W)``.
+    """
     mean, var = schedule.posterior(x0, xt, t)
     return mean + var.sqrt() * noise
 
@@ -226,6 +244,24 @@ def ddim_step(
         ``(B, C, H, W)`` sample at ``t_prev``.
     """
     x0, eps = to_x0_eps(out, xt, t, schedule, prediction, clip)
+    return ddim_update(x0, eps, xt, t, t_prev, schedule, eta, noise)
+
+
+def ddim_update(
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    t_prev: torch.Tensor,
+    schedule: NoiseSchedule,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""The step of :func:`ddim_step` from the estimates :math:`(\hat x_0, \hat\varepsilon)`.
+
+    ``x0``, ``eps``, ``xt``, ``noise`` ``(B, C, H, W)``; ``t``, ``t_prev`` ``(B,)`` with
+    ``t_prev = -1`` for the final step; returns ``(B, C, H, W)`` at ``t_prev``.
+    """
     ab = _gather(schedule.alpha_bar, t, xt)
     ab_all = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bar])
     ab_prev = _gather(ab_all, t_prev + 1, xt)
@@ -248,8 +284,7 @@ def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
     list of int
         ``steps`` distinct timesteps in ``[0, timesteps)``, decreasing.
     """
-    if not isinstance(steps, int) or not 1 <= steps <= timesteps:
-        raise ValueError(f"steps must be an integer in [1, {timesteps}], got {steps!r}")
+    steps = check_int(steps, "steps", 1, timesteps)
     grid = torch.linspace(0, timesteps - 1, steps, dtype=torch.float64).round().long()
     return grid.flip(0).tolist()
 
@@ -268,12 +303,14 @@ def sample_loop(
     clip: tuple[float, float] | None = (-1.0, 1.0),
     progress: bool = False,
 ) -> torch.Tensor:
-    r"""Draw samples by iterating :func:`ddim_step` or :func:`ddpm_step` from pure noise.
+    r"""Draw samples from pure noise: :func:`~conprediff.diffusion.samplers.generate` on a
+    :class:`~conprediff.diffusion.denoiser.Denoiser` made of ``denoise``.
 
     ``sampler='ddim'`` runs :func:`ddim_step` with ``eta``. ``sampler='ddpm'`` is ancestral
-    sampling: :func:`ddpm_step` when ``steps == T``, and on a respaced grid of ``steps < T``
-    timesteps the DDIM step with :math:`\eta = 1`, which is the ancestral step of the respaced
-    process (Nichol & Dhariwal 2021, Sec. 4).
+    sampling (``eta`` not used): :func:`ddpm_step` when ``steps == T``, and on a respaced grid of
+    ``steps < T`` timesteps the DDIM step with :math:`\eta = 1`, which is the ancestral step of
+    the respaced process (Nichol & Dhariwal 2021, Sec. 4). ``sampler='dpmpp_2m'`` is
+    DPM-Solver++(2M) (``eta`` not used).
 
     Parameters
     ----------
@@ -289,24 +326,16 @@ def sample_loop(
     torch.Tensor
         ``(B, C, H, W)`` float32 samples.
     """
-    from tqdm.auto import tqdm
+    from .denoiser import Denoiser
+    from .samplers import generate
 
-    if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
-    T = schedule.timesteps
-    if sampler == "ddpm":
-        eta = 1.0
-    ts = ddim_timesteps(T, steps)
-    x = torch.randn(shape, generator=generator, device=device)
-    B = shape[0]
-    for i, t_int in enumerate(tqdm(ts, desc="sampling", disable=not progress, leave=False)):
-        t = torch.full((B,), t_int, device=device, dtype=torch.long)
-        out = denoise(x, t).float()
-        if sampler == "ddpm" and steps == T:
-            z = torch.randn(shape, generator=generator, device=device)
-            x = ddpm_step(out, x, t, schedule, prediction, z, clip)
-        else:
-            t_prev = torch.full_like(t, ts[i + 1] if i + 1 < len(ts) else -1)
-            z = torch.randn(shape, generator=generator, device=device) if eta > 0 else None
-            x = ddim_step(out, x, t, t_prev, schedule, prediction, eta, z, clip)
-    return x
+    return generate(
+        Denoiser(denoise, schedule, prediction, clip),
+        shape,
+        steps,
+        sampler,
+        eta=eta if sampler == "ddim" else 0.0,
+        generator=generator,
+        device=device,
+        progress=progress,
+    )

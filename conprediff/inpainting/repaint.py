@@ -15,35 +15,25 @@ repeats the descent, ``jump_n_sample - 1`` extra times (RePaint, Algorithm 1 and
 
 Functions here are small and pure, as in :mod:`conprediff.diffusion.gaussian`:
 :func:`repaint_schedule` (the time-jump schedule), :func:`forward_jump` (the exact forward
-re-noising), :func:`merge_known` (the known-region replacement) and the loop :func:`repaint`.
+re-noising), :func:`merge_known` (the known-region replacement) and the loop :func:`repaint`,
+whose reverse steps are the samplers' single steps (:mod:`conprediff.diffusion.samplers`).
 """
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
-from ..diffusion.gaussian import (
-    DenoiseFn,
-    check_prediction,
-    ddim_step,
-    ddim_timesteps,
-    ddpm_step,
-)
+from .._validation import check_choice, check_int
+from ..diffusion.denoiser import Denoiser
+from ..diffusion.gaussian import DenoiseFn, ddim_timesteps
+from ..diffusion.samplers import reverse_step
 from ..schedules import NoiseSchedule, _gather
 from .masks import as_mask
 
 __all__ = ["repaint_schedule", "forward_jump", "merge_known", "repaint", "SAMPLERS"]
 
-#: Reverse steps :func:`repaint` can run.
-SAMPLERS = ("ddpm", "ddim")
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+#: Reverse steps :func:`repaint` can run (those of :data:`conprediff.diffusion.SAMPLERS`).
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 
 
 def repaint_schedule(t_T: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
@@ -85,9 +75,9 @@ def repaint_schedule(t_T: int, jump_length: int = 10, jump_n_sample: int = 10) -
     >>> repaint_schedule(6, 2, 2)
     [5, 4, 3, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1, 0, -1]
     """
-    _check_int("t_T", t_T, 1)
-    _check_int("jump_length", jump_length, 1)
-    _check_int("jump_n_sample", jump_n_sample, 1)
+    check_int(t_T, "t_T", 1)
+    check_int(jump_length, "jump_length", 1)
+    check_int(jump_n_sample, "jump_n_sample", 1)
     jumps = {j: jump_n_sample - 1 for j in range(0, t_T - jump_length, jump_length)}
     t = t_T
     times = []
@@ -214,12 +204,17 @@ def repaint(
     3. For each consecutive pair ``(i, i')`` of :func:`repaint_schedule` ``(steps, jump_length,
        jump_n_sample)``:
 
-       * ``i' < i`` (reverse): one step of the model from ``grid[i]`` to ``grid[i']``, then
-         :func:`merge_known` at ``grid[i']`` with fresh noise. ``sampler='ddpm'`` is ancestral
-         sampling: :func:`~conprediff.diffusion.gaussian.ddpm_step` when ``steps == T``, else
+       * ``i' < i`` (reverse): one step of the sampler from ``grid[i]`` to ``grid[i']`` (the
+         single step the sampler takes in :mod:`conprediff.diffusion.samplers`, from
+         :func:`~conprediff.diffusion.samplers.reverse_step`), then :func:`merge_known` at
+         ``grid[i']`` with fresh noise. ``sampler='ddpm'`` is ancestral sampling:
+         :func:`~conprediff.diffusion.gaussian.ddpm_step` when ``steps == T``, else
          :func:`~conprediff.diffusion.gaussian.ddim_step` with :math:`\eta = 1` (the ancestral
          step of the respaced process); ``sampler='ddim'`` uses :math:`\eta = 0` (fast variant;
-         the forward jumps stay stochastic).
+         the forward jumps stay stochastic); ``sampler='dpmpp_2m'`` is DPM-Solver++(2M)
+         (Lu et al. 2022), whose history of :math:`\hat x_0` estimates is reset after every
+         jump back (the next step is first order, a DDIM step) and carried across the
+         known-region replacements otherwise.
        * ``i' > i`` (jump back): :func:`forward_jump` from ``grid[i]`` to ``grid[i']`` on the
          whole image, i.e. one forward step per unit of the schedule with the exact
          :math:`q(x_{t'} \mid x_t)` between grid points (composing ``jump_length`` of them is
@@ -255,8 +250,8 @@ def repaint(
         Where the chain runs; the result is on this device.
     progress : bool
         Show a tqdm bar over the schedule's steps.
-    sampler : {'ddpm', 'ddim'}
-        Reverse step, see above.
+    sampler : {'ddpm', 'ddim', 'dpmpp_2m'}
+        Reverse step, see above; default ``'ddpm'``.
     clip : tuple of float or None
         Range :math:`\hat x_0` is clamped to in each reverse step.
 
@@ -268,9 +263,8 @@ def repaint(
     """
     from tqdm.auto import tqdm
 
-    check_prediction(prediction)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    denoiser = Denoiser(denoise, schedule, prediction, clip)
+    check_choice(sampler, "sampler", SAMPLERS)
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or not image.is_floating_point():
         got = (
             f"{tuple(image.shape)} {image.dtype}"
@@ -278,21 +272,19 @@ def repaint(
             else type(image).__name__
         )
         raise ValueError(f"image must be a floating (B, C, H, W) tensor, got {got}")
-    T = schedule.timesteps
-    grid = ddim_timesteps(T, steps)[::-1]
+    descent = ddim_timesteps(schedule.timesteps, steps)
+    grid = descent[::-1]
     times = repaint_schedule(steps, jump_length, jump_n_sample)
+    step = reverse_step(sampler, descent)
     image = image.to(device)
     mask = as_mask(mask, tuple(image.shape)).to(device)
     if not bool(mask.any()):
         return image.clone()
     x0 = image.float()
     shape = tuple(image.shape)
-    B = shape[0]
-    eta = 1.0 if sampler == "ddpm" else 0.0
-    full_ddpm = sampler == "ddpm" and steps == T
 
     def at(i: int) -> torch.Tensor:
-        return torch.full((B,), grid[i] if i >= 0 else -1, device=device, dtype=torch.long)
+        return torch.full((shape[0],), grid[i] if i >= 0 else -1, device=device, dtype=torch.long)
 
     def randn() -> torch.Tensor:
         return torch.randn(shape, generator=generator, device=device)
@@ -300,16 +292,13 @@ def repaint(
     x = randn()
     x = merge_known(x, x0, mask, at(times[0]), schedule, randn())
     pairs = list(zip(times[:-1], times[1:], strict=True))
+    state = None  # the multistep history, dropped at every jump back
     for i, i_next in tqdm(pairs, desc="repaint", disable=not progress, leave=False):
-        t, t_next = at(i), at(i_next)
         if i_next > i:
-            x = forward_jump(x, t, t_next, schedule, randn())
+            x = forward_jump(x, at(i), at(i_next), schedule, randn())
+            state = None
             continue
-        out = denoise(x, t).float()
-        if full_ddpm:
-            x = ddpm_step(out, x, t, schedule, prediction, randn(), clip)
-        else:
-            z = randn() if eta > 0 else None
-            x = ddim_step(out, x, t, t_next, schedule, prediction, eta, z, clip)
-        x = merge_known(x, x0, mask, t_next, schedule, randn() if i_next >= 0 else None)
+        t_next = grid[i_next] if i_next >= 0 else -1
+        x, _, state = step(denoiser, x, grid[i], t_next, generator=generator, state=state)
+        x = merge_known(x, x0, mask, at(i_next), schedule, randn() if i_next >= 0 else None)
     return torch.where(mask, x.to(image.dtype), image)
