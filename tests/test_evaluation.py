@@ -252,8 +252,10 @@ def test_class_labels_validation():
     assert class_total_variation([0, 1], [0, 1], n_classes=5) == 0.0
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         class_total_variation([0, 2], [0, 1], n_classes=2)
-    for bad_n in (0, True, 2.0):
-        with pytest.raises(ValueError, match="n_classes"):
+    with pytest.raises(ValueError, match="n_classes"):
+        class_total_variation([0, 1], [0, 1], n_classes=0)
+    for bad_n in (True, 2.0):
+        with pytest.raises(TypeError, match="n_classes"):
             class_total_variation([0, 1], [0, 1], n_classes=bad_n)
 
 
@@ -473,8 +475,8 @@ def digits8():
 
 @pytest.fixture(scope="module")
 def trained_digits(digits_cache):
-    # One intra-op thread: on shared, busy cores a tiny network trains several times faster
-    # without thread oversubscription (about 3 s of CPU time at 8x8).
+    # One intra-op thread: on shared, busy cores a tiny network trains faster without thread
+    # oversubscription.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -662,3 +664,32 @@ def test_default_classifier_refuses_images_of_another_size_or_range(tmp_path, di
         ex.extract(x[:50])  # the data itself passes silently
     # a user's network has no recorded size or range: nothing is checked
     FeatureExtractor(LeNetClassifier(feature_dim=4)).extract(torch.zeros(2, 1, 16, 16) + 200)
+
+
+def test_feature_modules_keep_their_names_and_check_their_inputs(tmp_path):
+    from conprediff.evaluation import features
+    from conprediff.evaluation.features import cache, extractor, network, training
+
+    assert features.FeatureExtractor is extractor.FeatureExtractor is FeatureExtractor
+    assert features.LeNetClassifier is network.LeNetClassifier is LeNetClassifier
+    assert features.train_classifier is training.train_classifier is train_classifier
+    assert features.default_cache_dir is cache.default_cache_dir
+    with pytest.raises(TypeError, match="width"):
+        LeNetClassifier(width=1.5)
+    net = LeNetClassifier(feature_dim=4)
+    with pytest.raises(TypeError, match="batch_size"):
+        FeatureExtractor(net).extract(np.zeros((2, 1, 8, 8)), batch_size=2.0)
+    # grey (N, H, W) images, and nested lists, are read as (N, 1, H, W)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 8, 8))
+    np.testing.assert_array_equal(
+        FeatureExtractor(net).extract(x), FeatureExtractor(net).extract(x[:, None].tolist())
+    )
+    # the cache on its own: nothing, then the weights and the description back
+    store = cache.ClassifierCache(tmp_path, "ab" * 32)
+    assert store.load() is None
+    meta = store.save(net, test_accuracy=0.5)
+    model, read = store.load()
+    assert read == meta and meta["architecture"] == net.get_config()
+    for key, value in net.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+    assert cache.ClassifierCache(tmp_path, "cd" * 32).load() is None  # another fingerprint

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
+from ._checks import check_class_labels, check_features, check_same_dim
+
 __all__ = [
     "class_balance_weights",
     "class_balanced_frechet_distance",
@@ -44,33 +46,6 @@ __all__ = [
 # Relative tolerances for the checks on user-supplied covariances.
 _SYMMETRY_RTOL = 1e-6
 _PSD_RTOL = 1e-6
-
-
-def _as_features(name: str, x: Any, *, min_samples: int = 1) -> np.ndarray:
-    """Return ``x`` as a finite float64 array of shape ``(N, D)``, or raise naming ``name``."""
-    if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
-        x = x.detach().cpu().numpy()
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a numeric array of shape (N, D); got {type(x)}") from exc
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, D); got an array of shape {arr.shape}")
-    if arr.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one feature column; got shape {arr.shape}")
-    if arr.shape[0] < min_samples:
-        raise ValueError(f"{name} needs at least {min_samples} samples (rows); got {arr.shape[0]}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return arr
-
-
-def _check_same_dim(name1: str, x1: np.ndarray, name2: str, x2: np.ndarray) -> None:
-    if x1.shape[-1] != x2.shape[-1]:
-        raise ValueError(
-            f"{name1} and {name2} must have the same feature dimension; "
-            f"got {x1.shape[-1]} and {x2.shape[-1]}"
-        )
 
 
 def _as_mean(name: str, mu: Any) -> np.ndarray:
@@ -171,7 +146,7 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     """
     mu1 = _as_mean("mu1", mu1)
     mu2 = _as_mean("mu2", mu2)
-    _check_same_dim("mu1", mu1, "mu2", mu2)
+    check_same_dim("mu1", mu1, "mu2", mu2)
     dim = mu1.shape[0]
     sigma1 = _as_covariance("sigma1", sigma1, dim)
     sigma2 = _as_covariance("sigma2", sigma2, dim)
@@ -216,7 +191,7 @@ def feature_statistics(features: Any, weights: Any = None) -> tuple[np.ndarray, 
         ``weights`` has the wrong length, negative or non-finite entries, or fewer than two
         positive ones.
     """
-    f = _as_features("features", features, min_samples=2)
+    f = check_features(features, "features", min_samples=2)
     if weights is None:
         mu = f.mean(axis=0)
         centred = f - mu
@@ -237,39 +212,6 @@ def feature_statistics(features: Any, weights: Any = None) -> tuple[np.ndarray, 
     centred = f - mu
     sigma = (centred * w[:, None]).T @ centred / (1.0 - float(w @ w))
     return mu, 0.5 * (sigma + sigma.T)
-
-
-def _as_labels(name: str, labels: Any, n: int | None, n_classes: int | None) -> np.ndarray:
-    if hasattr(labels, "detach"):
-        labels = labels.detach().cpu().numpy()
-    arr = np.asarray(labels)
-    if arr.ndim != 1 or (n is not None and arr.shape[0] != n):
-        want = "(N,)" if n is None else f"({n},)"
-        raise ValueError(f"{name} must have shape {want}; got {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty")
-    if arr.dtype == np.bool_ or not (
-        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    ):
-        raise ValueError(f"{name} must hold integer class indices; got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating) and (
-        not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))
-    ):
-        raise ValueError(f"{name} must hold integer class indices")
-    if n_classes is not None and (
-        isinstance(n_classes, bool) or not isinstance(n_classes, int | np.integer) or n_classes < 1
-    ):
-        raise ValueError(f"n_classes must be a positive integer; got {n_classes!r}")
-    low, high = arr.min(), arr.max()
-    if low < 0:
-        raise ValueError(f"{name} must hold non-negative class indices; got minimum {low}")
-    if n_classes is not None and high >= n_classes:
-        raise ValueError(
-            f"{name} must hold class indices in [0, {n_classes}); got maximum {high}"
-        )
-    if high >= 2**63:  # exact for integer dtypes; floats from 2.0**63 on do not fit either
-        raise ValueError(f"{name} holds a class index too large for int64: {high}")
-    return arr.astype(np.int64)
 
 
 def _class_counts(
@@ -322,8 +264,8 @@ def class_balance_weights(
         If the labels are not 1-D integer class indices, or no class of ``labels`` occurs in
         ``target_labels``.
     """
-    a = _as_labels("labels", labels, None, n_classes)
-    b = _as_labels("target_labels", target_labels, None, n_classes)
+    a = check_class_labels(labels, "labels", None, n_classes)
+    b = check_class_labels(target_labels, "target_labels", None, n_classes)
     ia, _, p, q = _class_counts(a, b)
     p, q = p.astype(np.float64), q.astype(np.float64)
     q[p == 0] = 0.0
@@ -355,8 +297,8 @@ def class_total_variation(labels1: Any, labels2: Any, n_classes: int | None = No
     -------
     float
     """
-    a = _as_labels("labels1", labels1, None, n_classes)
-    b = _as_labels("labels2", labels2, None, n_classes)
+    a = check_class_labels(labels1, "labels1", None, n_classes)
+    b = check_class_labels(labels2, "labels2", None, n_classes)
     _, _, count_a, count_b = _class_counts(a, b)
     p = count_a / a.shape[0]
     q = count_b / b.shape[0]
@@ -376,10 +318,9 @@ def class_balanced_frechet_distance(
     the proportions of the real set's), and the Fréchet distance is taken between the real
     set's statistics and the weighted statistics of :func:`feature_statistics`. This removes the
     part of FID due to the class proportions of one draw of samples, which in the features of a
-    small classifier is large: on the digits, 2,000 real images drawn with replacement, with
-    class 0 at 14 % instead of 10 %, score FID 6.5 against the real set instead of 2.3. Report it
-    beside the plain FID and :func:`class_total_variation`, which measures the proportions
-    themselves.
+    small classifier is large (measured on the digits in ``docs/benchmarks/ablation.md``,
+    "Sampling noise, class proportions and the noise floor"). Report it beside the plain FID and
+    :func:`class_total_variation`, which measures the proportions themselves.
 
     Parameters
     ----------
@@ -407,11 +348,11 @@ def class_balanced_frechet_distance(
         On shapes or labels that do not match, or fewer than two generated samples of the
         classes present in the real set.
     """
-    f1 = _as_features("real_features", real_features, min_samples=2)
-    f2 = _as_features("fake_features", fake_features, min_samples=2)
-    _check_same_dim("real_features", f1, "fake_features", f2)
-    y1 = _as_labels("real_labels", real_labels, f1.shape[0], n_classes)
-    y2 = _as_labels("fake_labels", fake_labels, f2.shape[0], n_classes)
+    f1 = check_features(real_features, "real_features", min_samples=2)
+    f2 = check_features(fake_features, "fake_features", min_samples=2)
+    check_same_dim("real_features", f1, "fake_features", f2)
+    y1 = check_class_labels(real_labels, "real_labels", f1.shape[0], n_classes)
+    y2 = check_class_labels(fake_labels, "fake_labels", f2.shape[0], n_classes)
     w = class_balance_weights(y2, y1, n_classes)
     if np.count_nonzero(w) < 2:
         raise ValueError(
@@ -446,9 +387,9 @@ def frechet_distance_from_features(features1: Any, features2: Any) -> float:
     The estimate is biased upwards for small ``N`` (Chong and Forsyth, 2020, "Effectively unbiased
     FID and Inception Score and where to find them"); compare FIDs only at equal sample sizes.
     """
-    f1 = _as_features("features1", features1, min_samples=2)
-    f2 = _as_features("features2", features2, min_samples=2)
-    _check_same_dim("features1", f1, "features2", f2)
+    f1 = check_features(features1, "features1", min_samples=2)
+    f2 = check_features(features2, "features2", min_samples=2)
+    check_same_dim("features1", f1, "features2", f2)
     mu1, sigma1 = feature_statistics(f1)
     mu2, sigma2 = feature_statistics(f2)
     return frechet_distance(mu1, sigma1, mu2, sigma2)

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .frechet import _as_features, _check_same_dim
+from .._validation import check_bool, check_int
+from ._checks import check_features, check_same_dim
 
 __all__ = ["kernel_inception_distance", "polynomial_mmd2"]
 
@@ -66,9 +67,9 @@ def polynomial_mmd2(features1: Any, features2: Any) -> float:
     ValueError
         If the feature dimensions differ or a set has fewer than two samples.
     """
-    x = _as_features("features1", features1, min_samples=2)
-    y = _as_features("features2", features2, min_samples=2)
-    _check_same_dim("features1", x, "features2", y)
+    x = check_features(features1, "features1", min_samples=2)
+    y = check_features(features2, "features2", min_samples=2)
+    check_same_dim("features1", x, "features2", y)
     return _mmd2_unbiased(x, y)
 
 
@@ -118,36 +119,32 @@ def kernel_inception_distance(
 
     Raises
     ------
+    TypeError
+        If ``n_subsets`` or ``subset_size`` is not an integer.
     ValueError
-        If the feature dimensions differ, a set has fewer than two samples, or ``n_subsets`` or
-        ``subset_size`` is not a positive integer (``subset_size >= 2``).
+        If the feature dimensions differ, a set has fewer than two samples, ``n_subsets < 1`` or
+        ``subset_size < 2``.
 
     References
     ----------
     Bińkowski et al. (2018), "Demystifying MMD GANs", ICLR.
     """
-    real = _as_features("real_features", real_features, min_samples=2)
-    fake = _as_features("fake_features", fake_features, min_samples=2)
-    _check_same_dim("real_features", real, "fake_features", fake)
-    if isinstance(n_subsets, bool) or not isinstance(n_subsets, (int, np.integer)) or n_subsets < 1:
-        raise ValueError(f"n_subsets must be a positive integer; got {n_subsets!r}")
-    if (
-        isinstance(subset_size, bool)
-        or not isinstance(subset_size, (int, np.integer))
-        or subset_size < 2
-    ):
-        raise ValueError(f"subset_size must be an integer >= 2; got {subset_size!r}")
-    if standardize:
+    real = check_features(real_features, "real_features", min_samples=2)
+    fake = check_features(fake_features, "fake_features", min_samples=2)
+    check_same_dim("real_features", real, "fake_features", fake)
+    n_subsets = check_int(n_subsets, "n_subsets", 1)
+    subset_size = check_int(subset_size, "subset_size", 2)
+    if check_bool(standardize, "standardize"):
         mean = real.mean(axis=0)
         std = real.std(axis=0)
         # a (nearly) constant feature is only centred: dividing by a tiny s.d. would let one
         # dead dimension dominate the kernel
         std = np.where(std > 1e-8 * max(float(std.max()), 1e-300), std, 1.0)
         real, fake = (real - mean) / std, (fake - mean) / std
-    m = min(int(subset_size), real.shape[0], fake.shape[0])
+    m = min(subset_size, real.shape[0], fake.shape[0])
     rng = np.random.default_rng(seed)
-    estimates = np.empty(int(n_subsets))
-    for i in range(int(n_subsets)):
+    estimates = np.empty(n_subsets)
+    for i in range(n_subsets):
         x = real[rng.choice(real.shape[0], m, replace=False)]
         y = fake[rng.choice(fake.shape[0], m, replace=False)]
         estimates[i] = _mmd2_unbiased(x, y)

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .frechet import _as_features, _check_same_dim
+from .._validation import check_int
+from ._checks import check_features, check_same_dim
 
 __all__ = ["knn_radii", "manifold_coverage", "precision_recall"]
 
@@ -38,9 +39,7 @@ _BLOCK_ENTRIES = 2**24  # 128 MiB
 
 def _row_block(n_cols: int, chunk_size: int | None) -> int:
     if chunk_size is not None:
-        if int(chunk_size) < 1:
-            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
-        return int(chunk_size)
+        return check_int(chunk_size, "chunk_size", 1)
     return max(1, _BLOCK_ENTRIES // max(n_cols, 1))
 
 
@@ -72,17 +71,16 @@ def knn_radii(features: Any, k: int = 3, *, chunk_size: int | None = None) -> np
     ValueError
         If ``k < 1`` or ``k >= N``.
     """
-    f = _as_features("features", features)
+    f = check_features(features, "features")
     k = _check_k(k, f.shape[0], "features")
     return _knn_radii(torch.from_numpy(f), k, chunk_size).numpy()
 
 
 def _check_k(k: Any, n: int, name: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer; got {k!r}")
+    k = check_int(k, "k", 1)
     if k >= n:
         raise ValueError(f"k must be smaller than the number of samples in {name}; got {k=}, N={n}")
-    return int(k)
+    return k
 
 
 def _knn_radii(f: torch.Tensor, k: int, chunk_size: int | None) -> torch.Tensor:
@@ -137,9 +135,9 @@ def manifold_coverage(
     ValueError
         If the feature dimensions differ or ``k >= M``.
     """
-    m = _as_features("manifold_features", manifold_features)
-    q = _as_features("query_features", query_features)
-    _check_same_dim("manifold_features", m, "query_features", q)
+    m = check_features(manifold_features, "manifold_features")
+    q = check_features(query_features, "query_features")
+    check_same_dim("manifold_features", m, "query_features", q)
     k = _check_k(k, m.shape[0], "manifold_features")
     mt, qt = torch.from_numpy(m), torch.from_numpy(q)
     return _coverage(qt, mt, _knn_radii(mt, k, chunk_size), chunk_size)
@@ -191,9 +189,9 @@ def precision_recall(
     Kynkäänniemi et al. (2019), "Improved precision and recall metric for assessing generative
     models", NeurIPS.
     """
-    real = _as_features("real_features", real_features)
-    fake = _as_features("fake_features", fake_features)
-    _check_same_dim("real_features", real, "fake_features", fake)
+    real = check_features(real_features, "real_features")
+    fake = check_features(fake_features, "fake_features")
+    check_same_dim("real_features", real, "fake_features", fake)
     k = _check_k(k, real.shape[0], "real_features")
     _check_k(k, fake.shape[0], "fake_features")
     rt, ft = torch.from_numpy(real), torch.from_numpy(fake)
