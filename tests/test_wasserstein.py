@@ -1,5 +1,7 @@
 """Tests of ``conprediff.wasserstein`` against POT's exact solvers on the same inputs."""
 
+import json
+
 import numpy as np
 import ot
 import pytest
@@ -7,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conprediff.serialization import from_jsonable, to_jsonable
 from conprediff.wasserstein import (
     AutoW2,
     ExactW2,
@@ -14,11 +17,12 @@ from conprediff.wasserstein import (
     SinkhornW2,
     SlicedW2,
     SortedW2,
-    _monotone_plan,
-    _sorted_rows,
     resolve_metric,
     weighted_moments,
 )
+from conprediff.wasserstein import sorting as w2_sorting
+from conprediff.wasserstein.one_d import _monotone_plan
+from conprediff.wasserstein.sorting import NUMPY_SIMD_SORT, resolve_sort, sorted_rows
 
 DT = torch.float64
 FAST = settings(max_examples=25, deadline=None)
@@ -131,21 +135,21 @@ def test_sorting_paths_sort_like_torch(sort):
     for v in (torch.randn(500, 24), torch.randn(500, 8).round(decimals=1),
               torch.randn(300, 13, dtype=DT).round(decimals=1)):
         ref = torch.sort(v, dim=1, stable=True)
-        vals, idx = _sorted_rows(v, None, sort, True)
+        vals, idx = sorted_rows(v, None, sort, True)
         assert torch.equal(vals, ref.values)
         assert torch.equal(v.gather(1, idx), vals)  # the index points at the value
         if v.dtype == torch.float32 or sort == "numpy":  # stable sorts, like torch's
             assert torch.equal(idx, ref.indices)
-        assert torch.equal(_sorted_rows(v, None, sort, False)[0], ref.values)
+        assert torch.equal(sorted_rows(v, None, sort, False)[0], ref.values)
         valid = torch.rand(v.shape) < 0.7
-        vals, idx = _sorted_rows(v, valid.to(v.dtype), sort, True)
+        vals, idx = sorted_rows(v, valid.to(v.dtype), sort, True)
         ref = torch.sort(v.masked_fill(~valid, float("inf")), dim=1, stable=True)
         kept = valid.sort(1, descending=True).values  # kept points come first
         assert torch.equal(valid.gather(1, idx), kept)
         assert torch.equal(vals[kept], ref.values[kept])
         assert torch.equal(v.gather(1, idx)[kept], vals[kept])
     neg = torch.tensor([[0.5, -0.0, 0.0, -2.0, -1.0, 3.0, -1e-30, 1e30, float("inf")]])
-    vals, idx = _sorted_rows(neg, None, sort, True)
+    vals, idx = sorted_rows(neg, None, sort, True)
     assert torch.equal(vals, neg.sort(1).values)
     assert idx.flatten().tolist() == [3, 4, 6, 1, 2, 0, 5, 7, 8]  # -0.0 ties with +0.0, stably
 
@@ -157,14 +161,12 @@ def test_numpy_sort_needs_the_cpu():
 
 
 def test_auto_sort_takes_the_network_for_short_rows_on_the_cpu():
-    from conprediff.wasserstein import _NUMPY_SIMD_SORT, _resolve_sort
-
     cpu = torch.device("cpu")
-    long_rows = "numpy" if _NUMPY_SIMD_SORT else "network"
-    assert [_resolve_sort("auto", cpu, n) for n in (1, 8, 9, 24)] == (
+    long_rows = "numpy" if NUMPY_SIMD_SORT else "network"
+    assert [resolve_sort("auto", cpu, n) for n in (1, 8, 9, 24)] == (
         ["network", "network", long_rows, long_rows])
-    assert _resolve_sort("auto", torch.device("meta"), 8) == "torch"
-    assert _resolve_sort("numpy", cpu, 8) == "numpy"  # an explicit choice is kept
+    assert resolve_sort("auto", torch.device("meta"), 8) == "torch"
+    assert resolve_sort("numpy", cpu, 8) == "numpy"  # an explicit choice is kept
 
 
 @pytest.mark.parametrize("sort", ["network", "numpy", "torch"])
@@ -629,10 +631,41 @@ def test_validation_names_the_argument(metric, kwargs, exc, match):
         metric(**args)
 
 
-def test_validation_can_be_switched_off():
-    x, y = _xy()
-    bad = torch.tensor([[1.5, -0.5, 0], [1, 0, 0]])
-    SortedW2(validate=False)(x, y, bad, None)  # no value check, no error
+@pytest.mark.parametrize(
+    "make", [SortedW2, lambda **kw: GaussianW2("full", **kw), lambda **kw: SlicedW2(8, 0, **kw)]
+)
+def test_validation_can_be_switched_off(make):
+    x, y = _no_ties(3, 3, 1, 40), _no_ties(3, 4, 1, 41)
+    good = torch.tensor([[0.5, 0.0, 0.5], [1.0, 0.0, 0.0], [0.2, 0.3, 0.5]], dtype=DT)
+    checked, unchecked = make(), make(validate=False)
+    # on valid weights the switch changes nothing
+    assert torch.equal(unchecked(x, y, good, None), checked(x, y, good, None))
+    # a negative weight in problem 0: an error when checked, a number when not, and the valid
+    # problems of the same batch keep their values (computed alone by the checked metric)
+    bad = good.clone()
+    bad[0] = torch.tensor([1.5, -0.5, 0.0], dtype=DT)
+    with pytest.raises(ValueError, match="x_weights must be finite and non-negative"):
+        checked(x, y, bad, None)
+    out = unchecked(x, y, bad, None)
+    assert out.shape == (3,)
+    torch.testing.assert_close(out[1:], checked(x[1:], y[1:], good[1:], None), rtol=0, atol=1e-12)
+    # a row of zeros: no error either, a non-finite value in that problem only
+    zero = good.clone()
+    zero[2] = 0.0
+    with pytest.raises(ValueError, match="x_weights must have a positive sum"):
+        checked(x, y, zero, None)
+    out = unchecked(x, y, zero, None)
+    assert not torch.isfinite(out[2])
+    torch.testing.assert_close(out[:2], checked(x[:2], y[:2], good[:2], None), rtol=0, atol=1e-12)
+
+
+def test_validation_switched_off_sorted_matches_pot():
+    x, y = _no_ties(4, 5, 1, 42), _no_ties(4, 3, 1, 43)
+    a = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0], [0.2] * 5, [0.5, 0.5, 0, 0, 0], [1, 0, 0, 0, 0]],
+                     dtype=DT)
+    torch.testing.assert_close(
+        SortedW2(validate=False)(x, y, a, None), emd2(x, y, a, None), rtol=0, atol=1e-12
+    )
 
 
 def test_sorted_rejects_several_channels():
@@ -642,16 +675,50 @@ def test_sorted_rejects_several_channels():
 
 def test_constructor_argument_errors():
     x, y = _xy()
-    with pytest.raises(ValueError, match="covariance must be 'full' or 'diag'"):
+    with pytest.raises(ValueError, match="covariance must be one of 'full', 'diag'"):
         GaussianW2("spherical")(x, y)
-    with pytest.raises(ValueError, match="n_projections must be >= 1"):
+    with pytest.raises(ValueError, match="covariance must be one of 'full', 'diag'"):
+        weighted_moments(y, covariance="spherical")
+    with pytest.raises(ValueError, match="n_projections must be an integer >= 1"):
         SlicedW2(n_projections=0)(x, y)
-    with pytest.raises(ValueError, match="epsilon must be > 0"):
+    with pytest.raises(ValueError, match="epsilon must be a finite number > 0"):
         SinkhornW2(epsilon=0.0)(x, y)
-    with pytest.raises(ValueError, match="n_iter must be >= 1"):
+    with pytest.raises(ValueError, match="n_iter must be an integer >= 1"):
         SinkhornW2(n_iter=0)(x, y)
+    with pytest.raises(ValueError, match="num_iter_max must be an integer >= 1"):
+        ExactW2(num_iter_max=0)(x, y)
     with pytest.raises(ValueError, match="sort must be one of"):
         SortedW2(sort="radix")(x, y)
+
+
+@pytest.mark.parametrize(
+    ("metric", "match"),
+    [
+        (SlicedW2(n_projections=4.0), "n_projections must be an integer"),
+        (SlicedW2(seed=1.5), "seed must be an integer or None"),
+        (SinkhornW2(epsilon="0.1"), "epsilon must be a number"),
+        (SinkhornW2(n_iter=2.0), "n_iter must be an integer"),
+        (SinkhornW2(debiased="yes"), "debiased must be True or False"),
+        (SortedW2(sort=None), "sort must be one of"),
+        (SortedW2(split=1), "split must be True or False"),
+        (SortedW2(validate="no"), "validate must be True or False"),
+        (GaussianW2(covariance=None), "covariance must be one of"),
+    ],
+)
+def test_constructor_argument_type_errors(metric, match):
+    x, y = _xy()
+    with pytest.raises(TypeError, match=match):
+        metric(x, y)
+
+
+def test_constructor_arguments_accept_numpy_scalars():
+    x, y = _no_ties(2, 3, 2, 44), _no_ties(2, 4, 2, 45)
+    torch.testing.assert_close(
+        SlicedW2(np.int64(4), seed=np.int64(7))(x, y), SlicedW2(4, seed=7)(x, y), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        SinkhornW2(np.float32(0.5), np.int64(3))(x, y), SinkhornW2(0.5, 3)(x, y), rtol=0, atol=0
+    )
 
 
 def test_from_moments_validation():
@@ -672,18 +739,19 @@ def test_resolve_metric_errors():
         resolve_metric(3)
     with pytest.raises(ValueError, match="metric 'sorted' is exact in one dimension only"):
         resolve_metric("sorted", n_channels=3)
-    with pytest.raises(ValueError, match="n_channels must be a positive int"):
+    with pytest.raises(ValueError, match="n_channels must be an integer >= 1"):
         resolve_metric("auto", n_channels=0)
+    with pytest.raises(TypeError, match="n_channels must be an integer or None"):
+        resolve_metric("auto", n_channels=1.0)
+    assert isinstance(resolve_metric("auto", n_channels=np.int64(3)), SlicedW2)
 
 
 def test_1d_solver_restores_the_thread_count(monkeypatch):
     # the CPU sorting network runs on one intra-op thread and must leave torch's setting as it
     # was, also when it raises
-    import conprediff.wasserstein as w2
-
     before = torch.get_num_threads()
     seen = []
-    original = w2._sorting_network
+    original = w2_sorting._sorting_network
 
     def spy(n):
         seen.append(torch.get_num_threads())
@@ -691,7 +759,7 @@ def test_1d_solver_restores_the_thread_count(monkeypatch):
 
     try:
         torch.set_num_threads(2)
-        monkeypatch.setattr(w2, "_sorting_network", spy)
+        monkeypatch.setattr(w2_sorting, "_sorting_network", spy)
         x = torch.randn(10, 4, 1, requires_grad=True)
         SortedW2(sort="network")(x, torch.randn(10, 4, 1)).sum().backward()
         assert seen and set(seen) == {1}
@@ -700,9 +768,54 @@ def test_1d_solver_restores_the_thread_count(monkeypatch):
         def boom(n):
             raise RuntimeError("boom")
 
-        monkeypatch.setattr(w2, "_sorting_network", boom)
+        monkeypatch.setattr(w2_sorting, "_sorting_network", boom)
         with pytest.raises(RuntimeError, match="boom"):
             SortedW2(sort="network")(x, torch.randn(10, 4, 1))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------------------
+# saved models name metric classes by their import path
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        SortedW2(sort="numpy", validate=False),
+        SlicedW2(n_projections=5, seed=3),
+        SinkhornW2(epsilon=0.5, n_iter=7, debiased=True),
+        GaussianW2("full"),
+        ExactW2(num_iter_max=10),
+        AutoW2(n_projections=4, seed=1),
+    ],
+)
+def test_metrics_round_trip_through_json(metric):
+    data = to_jsonable(metric)
+    assert data["__class__"].startswith("conprediff.wasserstein.")
+    back = from_jsonable(json.loads(json.dumps(data)))
+    assert type(back) is type(metric)
+    assert back.get_params() == metric.get_params()
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("SortedW2", SortedW2),
+        ("SlicedW2", SlicedW2),
+        ("SinkhornW2", SinkhornW2),
+        ("GaussianW2", GaussianW2),
+        ("ExactW2", ExactW2),
+        ("AutoW2", AutoW2),
+    ],
+)
+def test_files_written_before_the_package_split_still_load(name, cls):
+    # model files written when conprediff.wasserstein was one module name the classes
+    # "conprediff.wasserstein.<Name>"; the package re-exports them under that path
+    params = {"validate": False}
+    got = from_jsonable({"__class__": f"conprediff.wasserstein.{name}", "params": params})
+    assert type(got) is cls
+    assert got.validate is False
+    assert to_jsonable(got)["__class__"] == f"{cls.__module__}.{cls.__qualname__}"
