@@ -94,10 +94,21 @@ def check_real(
     bad_low = low is not None and (x <= low if low_open else x < low)
     bad_high = high is not None and (x >= high if high_open else x > high)
     if bad_low or bad_high or not math.isfinite(x):
-        lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
-        hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
-        raise ValueError(f"{name} must be a finite number in {lo}, {hi}, got {value!r}")
+        raise ValueError(
+            f"{name} must be a finite number{_interval(low, high, low_open, high_open)}, "
+            f"got {value!r}"
+        )
     return x
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f" {'<' if high_open else '<='} {high:g}"
+    return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
 def check_bool(value: Any, name: str) -> bool:

@@ -6,12 +6,9 @@ Run ``conprediff <command> --help`` for the options of each command.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 __all__ = ["main", "build_parser"]
 

@@ -1,116 +1,88 @@
-"""``ConPreDiffModel``: a diffusion model as a scikit-learn style estimator."""
+"""``ConPreDiffModel``: a diffusion model as a scikit-learn style estimator.
+
+The estimator stores its arguments, checks them and delegates: training to
+:func:`conprediff.training.setup.fit_model`, sampling and inpainting to the samplers of
+:mod:`conprediff.diffusion` and :mod:`conprediff.inpainting`, files to
+:mod:`conprediff.persistence`.
+"""
 
 from __future__ import annotations
 
-import copy
-import json
-import math
-import numbers
 import warnings
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from .backbones.unet import UNet
-from .diffusion.gaussian import check_prediction, sample_loop
-from .schedules import NoiseSchedule, make_betas
-from .serialization import from_jsonable, to_jsonable
-from .training import distributed
-from .training.checkpoint import read_checkpoint, read_latest_checkpoint
-from .training.data import (
-    BatchStream,
-    as_loader,
+from ._validation import (
+    check_bool,
+    check_choice,
+    check_data_range,
+    check_device,
     check_images,
     check_in_range,
+    check_int,
     check_labels,
-    from_unit,
-    infer_data_range,
-    split_batch,
-    to_unit,
+    check_real,
+    check_seed,
 )
-from .training.loop import DiffusionObjective, TrainConfig, Trainer
+from .diffusion.gaussian import check_prediction, sample_loop
+from .persistence import FittedState, load_model, save_model
+from .ranges import from_unit, to_unit
+from .schedules import NoiseSchedule, make_betas
+from .training.setup import fit_model, num_classes_of
 
 __all__ = ["ConPreDiffModel", "resolve_device"]
 
-_FORMAT_VERSION = 1
+#: Kept for compatibility: :func:`conprediff._validation.check_device`.
+resolve_device = check_device
+
 _MAX_SEED = 2**63 - 16  # fit seeds its generators with seed + 0..4 (torch takes < 2**64)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``'auto'`` -> CUDA when available, else CPU; anything else -> ``torch.device(device)``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
-    return dev
+def _int(minimum: int, optional: bool = False) -> Callable[[Any, str], int | None]:
+    return partial(check_int, minimum=minimum, optional=optional)
 
 
-def _random_seed(dist_info: distributed.DistInfo) -> int:
-    """A fresh seed, the same on every rank (rank 0's, broadcast)."""
-    seed = int(np.random.SeedSequence().entropy % 2**31)
-    if dist_info.enabled:
-        import torch.distributed as dist
-
-        box = [seed]
-        dist.broadcast_object_list(box, src=0)
-        seed = int(box[0])
-    return seed
+def _real(low: float, high: float | None = None, **kw: bool) -> Callable[[Any, str], Any]:
+    return partial(check_real, low=low, high=high, **kw)
 
 
-def _int_arg(value: Any, name: str, minimum: int, maximum: int | None = None) -> int:
-    """``value`` as an ``int`` (any integral type, not bool) in ``[minimum, maximum]``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
-    return int(value)
+def _choice(*choices: str) -> Callable[[Any, str], str]:
+    return partial(check_choice, choices=choices)
 
 
-def _seed_arg(seed: Any) -> int | None:
-    """A sampling seed: None or an integer torch accepts (``[-2**63, 2**64)``)."""
-    return None if seed is None else _int_arg(seed, "seed", -(2**63), 2**64 - 1)
+def _module_or_none(value: Any, name: str) -> nn.Module | None:
+    if value is not None and not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module or None, got {type(value).__name__}")
+    return value
 
 
-def _copy_config(obj: Any) -> Any:
-    """An independent copy of a component's configuration (sklearn ``clone`` where it applies)."""
-    if obj is None:
-        return None
-    return clone(obj) if hasattr(obj, "get_params") else copy.deepcopy(obj)
+def _context_or_none(value: Any, name: str) -> Any:
+    if value is not None and not hasattr(value, "build"):
+        raise TypeError(
+            f"{name} must be a ContextPrediction (an object with build()) or None, got "
+            f"{type(value).__name__}"
+        )
+    return value
 
 
-def _num_classes(backbone: Any) -> int | None:
-    """The backbone's ``num_classes`` (class-conditional when set), checked; None otherwise."""
-    k = getattr(backbone, "num_classes", None)
-    if k is None:
-        return None
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"backbone num_classes must be None or an integer >= 1, got {k!r}")
-    return int(k)
+def _range_or_auto(value: Any, name: str) -> Any:
+    return "auto" if isinstance(value, str) and value == "auto" else check_data_range(value, name)
 
 
-def _guided(net: nn.Module, cond: torch.Tensor | None, null: int | None, scale: float):
-    r"""``denoise(x, t) -> out`` with classifier-free guidance (Ho & Salimans 2022).
+def _as_is(value: Any, name: str) -> Any:
+    return value
 
-    ``cond`` ``(B,)`` labels, or None: the null label ``null`` for a class-conditional backbone,
-    no condition at all for an unconditional one (``null`` None). With a scale
-    :math:`w`, the output is :math:`\hat\epsilon_\varnothing + w (\hat\epsilon_c -
-    \hat\epsilon_\varnothing)`, the null label being ``null`` (= ``num_classes``): one
-    forward pass of a doubled batch; ``w = 1`` is the plain conditional model (one pass of the
-    batch), ``w = 0`` the unconditional one.
-    """
+
+def guided(net: nn.Module, cond: torch.Tensor | None, null: int | None, scale: float):
+    """Classifier-free guidance (temporary copy; moves to conprediff.diffusion.guidance)."""
     if cond is None:
         if null is None:  # an unconditional backbone
             return lambda x, t: net(x, t)[0]
@@ -130,9 +102,37 @@ def _guided(net: nn.Module, cond: torch.Tensor | None, null: int | None, scale: 
     return denoise
 
 
-def _default_backbone(channels: int, height: int, width: int) -> UNet:
-    levels = 3 if height % 4 == 0 and width % 4 == 0 else 2 if height % 2 == 0 == width % 2 else 1
-    return UNet(in_channels=channels, base_channels=32, channel_mults=(1, 2, 2)[:levels])
+#: How each constructor argument is checked at ``fit`` (one line each; see ``_validation``).
+_PARAMETERS: dict[str, Callable[[Any, str], Any]] = {
+    "backbone": _module_or_none,
+    "context": _context_or_none,
+    "schedule": _as_is,  # with timesteps, by make_betas
+    "timesteps": _as_is,
+    "prediction": lambda v, n: check_prediction(v),
+    "min_snr_gamma": _real(0.0, low_open=True, optional=True),
+    "lr": _real(0.0, low_open=True),
+    "weight_decay": _real(0.0),
+    "batch_size": _int(1),
+    "max_steps": _int(1),
+    "epochs": _int(1, optional=True),
+    "ema_decay": _real(0.0, 1.0, high_open=True, optional=True),
+    "precision": _choice("fp32", "bf16", "fp16"),
+    "compile": check_bool,
+    "grad_accum_steps": _int(1),
+    "grad_clip": _real(0.0, low_open=True, optional=True),
+    "lr_warmup_steps": _int(0),
+    "lr_schedule": _choice("constant", "cosine", "linear"),
+    "on_nonfinite": _choice("raise", "skip"),
+    "log_every": _int(1),
+    "checkpoint_dir": _as_is,
+    "checkpoint_every": _int(1, optional=True),
+    "keep_checkpoints": _int(1),
+    "data_range": _range_or_auto,
+    "device": _as_is,  # resolved by fit
+    "seed": partial(check_int, minimum=0, maximum=_MAX_SEED, optional=True),
+    "verbose": _int(0),
+    "label_dropout": _real(0.0, 1.0, high_open=True),
+}
 
 
 class ConPreDiffModel(BaseEstimator):
@@ -332,122 +332,15 @@ class ConPreDiffModel(BaseEstimator):
         self.verbose = verbose
         self.label_dropout = label_dropout
 
-    # ------------------------------------------------------------------ validation
+    # ------------------------------------------------------------------ checks
     def _check_params(self) -> dict[str, Any]:
-        """Validate the parameters; return the numeric ones as plain ``int``/``float``."""
+        """Every parameter checked, by name (numbers as plain ``int``/``float``)."""
         make_betas(self.schedule, self.timesteps)  # validates schedule and timesteps
-        check_prediction(self.prediction)
-        out: dict[str, Any] = {}
-
-        def integer(name: str, minimum: int, optional: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and optional:
-                out[name] = None
-                return
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{name} must be an integer, got {value!r}")
-            if value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-            out[name] = int(value)
-
-        def real(
-            name: str,
-            low: float,
-            high: float | None = None,
-            *,
-            open_low: bool = False,
-            open_high: bool = True,
-            optional: bool = False,
-        ) -> None:
-            value = getattr(self, name)
-            if value is None and optional:
-                out[name] = None
-                return
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"{name} must be a number, got {value!r}")
-            bad_low = value <= low if open_low else value < low
-            bad_high = high is not None and (value >= high if open_high else value > high)
-            if bad_low or bad_high or not math.isfinite(value):
-                lo_b = "(" if open_low else "["
-                hi_b = ")" if open_high or high is None else "]"
-                raise ValueError(
-                    f"{name} must be in {lo_b}{low}, {'inf' if high is None else high}{hi_b}, "
-                    f"got {value!r}"
-                )
-            out[name] = float(value)
-
-        integer("batch_size", 1)
-        integer("max_steps", 1)
-        integer("epochs", 1, optional=True)
-        integer("grad_accum_steps", 1)
-        integer("log_every", 1)
-        integer("keep_checkpoints", 1)
-        integer("lr_warmup_steps", 0)
-        integer("checkpoint_every", 1, optional=True)
-        integer("verbose", 0)
-        integer("seed", 0, optional=True)
-        if out["seed"] is not None and out["seed"] > _MAX_SEED:
-            raise ValueError(f"seed must be an integer in [0, {_MAX_SEED}], got {self.seed!r}")
-        real("lr", 0.0, open_low=True)
-        real("weight_decay", 0.0)
-        real("min_snr_gamma", 0.0, open_low=True, optional=True)
-        real("label_dropout", 0.0, 1.0)
-        real("ema_decay", 0.0, 1.0, optional=True)
-        real("grad_clip", 0.0, open_low=True, optional=True)
-        if not isinstance(self.compile, bool):
-            raise TypeError(f"compile must be True or False, got {self.compile!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
-        if self.lr_schedule not in ("constant", "cosine", "linear"):
-            raise ValueError(
-                f"lr_schedule must be 'constant', 'cosine' or 'linear', got {self.lr_schedule!r}"
-            )
-        if self.on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
-        if self.checkpoint_every is not None and self.checkpoint_dir is None:
+        p = {name: check(getattr(self, name), name) for name, check in _PARAMETERS.items()}
+        p["timesteps"] = int(self.timesteps)
+        if p["checkpoint_every"] is not None and p["checkpoint_dir"] is None:
             raise ValueError("checkpoint_every needs checkpoint_dir to be set")
-        if self.data_range != "auto":
-            lo_hi = self.data_range
-            if not (isinstance(lo_hi, tuple | list) and len(lo_hi) == 2 and lo_hi[0] < lo_hi[1]):
-                raise ValueError(
-                    f"data_range must be 'auto' or (lo, hi) with lo < hi, got {lo_hi!r}"
-                )
-        if self.backbone is not None and not isinstance(self.backbone, nn.Module):
-            raise TypeError(
-                f"backbone must be a torch.nn.Module or None, got {type(self.backbone).__name__}"
-            )
-        if self.context is not None and not hasattr(self.context, "build"):
-            raise TypeError(
-                "context must be a ContextPrediction (an object with build()) or None, got "
-                f"{type(self.context).__name__}"
-            )
-        return out
-
-    # ------------------------------------------------------------------ building
-    def _build_backbone(self, shape: tuple[int, int, int]) -> nn.Module:
-        C, H, W = shape
-        template = self.backbone
-        if template is None:
-            return _default_backbone(C, H, W)
-        if hasattr(template, "get_params"):
-            params = dict(template.get_params(deep=False))
-            if params.get("in_channels", C) is None:
-                params["in_channels"] = C
-            net = type(template)(**params)
-        else:
-            net = copy.deepcopy(template)
-        if getattr(net, "in_channels", C) != C:
-            raise ValueError(
-                f"backbone in_channels={net.in_channels} does not match the data's {C} channels"
-            )
-        if not hasattr(net, "feature_channels"):
-            raise TypeError(
-                "backbone must expose feature_channels (see conprediff.backbones.protocol)"
-            )
-        return net
-
-    def _schedule(self) -> NoiseSchedule:
-        return NoiseSchedule(self.schedule, self.timesteps)
+        return p
 
     def _fitted_schedule(self) -> NoiseSchedule:
         """The schedule the model was trained with (parameters changed after fit do not count)."""
@@ -501,171 +394,11 @@ class ConPreDiffModel(BaseEstimator):
         FloatingPointError
             On a non-finite loss with ``on_nonfinite='raise'`` (naming the step and the terms).
         """
-        p = self._check_params()
-        # the configuration the decoder is built with, kept for save (set_params may change
-        # self.context after fit)
-        context_config = _copy_config(self.context)
-        device = resolve_device(self.device)
-        dist_info, device = distributed.setup(device)
-        resume_state = self._read_resume_state(resume) if resume is not None else None
-        if resume_state is not None and "seed" in resume_state:
-            seed = int(resume_state["seed"])  # a seed=None run resumes with the seed it drew
-            if p["seed"] is not None and p["seed"] != seed:
-                raise ValueError(
-                    f"seed={p['seed']} differs from the checkpoint's seed {seed}: resume with "
-                    "the parameters the run was started with"
-                )
-        else:
-            seed = p["seed"] if p["seed"] is not None else _random_seed(dist_info)
-        num_classes = _num_classes(self.backbone)
-        if num_classes is not None and isinstance(data, torch.Tensor | np.ndarray):
-            check_labels(y, num_classes, len(data), "labels y")
-        loader, n_items = as_loader(
-            data, y, p["batch_size"], seed, dist_info.world_size, dist_info.rank
-        )
-        stream = BatchStream(loader)
-        if isinstance(data, torch.Tensor | np.ndarray):
-            first = check_images(data, "data")
-        else:
-            try:
-                # creating an iterator draws the loader's base seed (and a user sampler may
-                # shuffle) from the global generator: peek without touching it. A loader with
-                # its own generator= still advances that generator here, and persistent workers
-                # started by the peek keep the seeds it gave them.
-                with torch.random.fork_rng(devices=[]):
-                    first, labels = split_batch(next(iter(loader)))
-                first = check_images(first, "data")
-                if num_classes is not None:
-                    check_labels(labels, num_classes, len(first), "data's labels")
-            except StopIteration:
-                raise ValueError("data is empty: it yielded no batch") from None
-            except RuntimeError as err:  # default_collate on images of different sizes
-                if "stack expects each tensor to be equal size" in str(err):
-                    raise ValueError(f"data holds images of varying size: {err}") from err
-                raise
-        shape = tuple(first.shape[1:])
-        if self.data_range == "auto":
-            data_range = infer_data_range(first)
-        else:
-            data_range = tuple(map(float, self.data_range))
-            check_in_range(first, data_range, "data")
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            backbone = self._build_backbone(shape).to(device)
-            head = None
-            if self.context is not None:
-                torch.manual_seed(seed + 1)  # separate stream: the backbone init is unchanged
-                head = context_config.build(backbone.feature_channels, shape[0]).to(device)
-
-        n_steps = p["max_steps"]
-        if p["epochs"] is not None:
-            try:
-                n_steps = max(1, -(-p["epochs"] * len(loader) // p["grad_accum_steps"]))
-            except TypeError:
-                raise ValueError("epochs needs data of known length; use max_steps") from None
-        config = TrainConfig(
-            schedule=self._schedule(),
-            prediction=self.prediction,
-            data_range=data_range,
-            image_shape=shape,
-            device=device,
-            lr=p["lr"],
-            max_steps=n_steps,
-            min_snr_gamma=p["min_snr_gamma"],
-            precision=self.precision,
-            grad_accum_steps=p["grad_accum_steps"],
-            grad_clip=p["grad_clip"],
-            lr_warmup_steps=p["lr_warmup_steps"],
-            lr_schedule=self.lr_schedule,
-            on_nonfinite=self.on_nonfinite,
-            log_every=p["log_every"],
-            checkpoint_dir=None if self.checkpoint_dir is None else str(self.checkpoint_dir),
-            checkpoint_every=p["checkpoint_every"],
-            keep_checkpoints=p["keep_checkpoints"],
-            channels_last=device.type == "cuda",
-            num_classes=num_classes,
-            label_dropout=p["label_dropout"],
-        )
-        trainer = Trainer(
-            DiffusionObjective(backbone, head),
-            stream,
-            config,
-            dist_info,
-            seed,
-            ema_decay=p["ema_decay"],
-            weight_decay=p["weight_decay"],
-            compile=self.compile,
-        )
-        if resume_state is not None:
-            self._check_resume(resume_state, shape, data_range)
-        rng_devices = [device] if device.type == "cuda" else []
-        try:
-            # Training draws from the global generators too (dropout, a user DataLoader's
-            # shuffle): seed them, and leave the caller's random state as it was.
-            with torch.random.fork_rng(devices=rng_devices):
-                torch.manual_seed(seed + 4)
-                if resume_state is not None:
-                    trainer.load_state_dict(resume_state)
-                trainer.run(callback=callback, progress=self.verbose > 0)
-        except RuntimeError as err:
-            if "stack expects each tensor to be equal size" in str(err):
-                raise ValueError(f"data holds images of varying size: {err}") from err
-            raise
-
-        to_plain = {"memory_format": torch.contiguous_format}
-        self.backbone_ = backbone.to(**to_plain).eval()
-        self.ema_backbone_ = trainer.ema.module.to(**to_plain) if trainer.ema else None
-        self.context_head_ = head
-        self.context_ = context_config
-        self.image_shape_ = shape
-        self.data_range_ = data_range
-        self.n_steps_ = trainer.state.step
-        self.loss_history_ = trainer.state.history
-        self.device_ = device
-        self.seed_ = seed
-        self.n_items_seen_ = n_items
-        self.world_size_ = dist_info.world_size
-        self.timesteps_ = int(self.timesteps)
-        self.schedule_ = self.schedule
-        self.prediction_ = self.prediction
-        self.label_dropout_ = p["label_dropout"]
+        fit_model(self._check_params(), data, y, resume=resume, callback=callback).apply(self)
         return self
 
-    def _read_resume_state(self, resume: str | Path) -> dict[str, Any] | None:
-        if resume == "latest":
-            if self.checkpoint_dir is None:
-                raise ValueError("resume='latest' needs checkpoint_dir to be set")
-            try:
-                return read_latest_checkpoint(self.checkpoint_dir)[1]
-            except FileNotFoundError:
-                warnings.warn(
-                    f"resume='latest': no checkpoint in {str(self.checkpoint_dir)!r}; "
-                    "starting from scratch",
-                    stacklevel=3,
-                )
-                return None
-        return read_checkpoint(resume)
-
-    def _check_resume(self, state: dict[str, Any], shape: tuple, data_range: tuple) -> None:
-        run = state.get("run", {})
-        for name, now in (("image_shape", list(shape)), ("data_range", list(data_range))):
-            if name in run and list(run[name]) != now:
-                raise ValueError(
-                    f"the checkpoint was written for {name} {run[name]}, this data gives {now}"
-                )
-        has_ctx = any(k.startswith("context_head.") for k in state["objective"])
-        if has_ctx != (self.context is not None):
-            raise ValueError(
-                "the checkpoint was written "
-                + ("with" if has_ctx else "without")
-                + " context prediction, but context is "
-                + ("None" if self.context is None else "set")
-                + ": resume with the parameters the run was started with"
-            )
-
     # ------------------------------------------------------------------ sampling
-    def _denoiser(self, use_ema: bool) -> nn.Module:
+    def _network(self, use_ema: bool) -> nn.Module:
         check_is_fitted(self, "backbone_")
         if use_ema and self.ema_backbone_ is not None:
             return self.ema_backbone_
@@ -675,10 +408,11 @@ class ConPreDiffModel(BaseEstimator):
         """``steps``, or ``min(default, timesteps_)`` when None; must lie in [1, timesteps_]."""
         if steps is None:
             return min(default, self.timesteps_)
-        return _int_arg(steps, "steps", 1, self.timesteps_)
+        return check_int(steps, "steps", 1, self.timesteps_)
 
-    def _generator(self, seed: int | None) -> torch.Generator:
+    def _generator(self, seed: Any) -> torch.Generator:
         """A generator on the model's device, seeded with ``seed`` (a random seed when None)."""
+        seed = check_seed(seed)
         gen = torch.Generator(self.device_)
         gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
         return gen
@@ -687,12 +421,8 @@ class ConPreDiffModel(BaseEstimator):
         self, net: nn.Module, labels: Any, n: int, guidance_scale: Any
     ) -> tuple[torch.Tensor | None, float, int | None]:
         """``(labels (n,) or None, guidance scale, null label)``, checked against the model."""
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
-            raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
-        scale = float(guidance_scale)
-        if not math.isfinite(scale):
-            raise ValueError(f"guidance_scale must be finite, got {guidance_scale!r}")
-        num_classes = _num_classes(net)
+        scale = check_real(guidance_scale, "guidance_scale")
+        num_classes = num_classes_of(net)
         if num_classes is not None and (labels is None or scale != 1.0) and not getattr(
             self, "label_dropout_", None
         ):
@@ -761,41 +491,25 @@ class ConPreDiffModel(BaseEstimator):
         torch.Tensor
             ``(n, C, H, W)`` float32 on the CPU, in the data's range.
         """
-        net = self._denoiser(use_ema)
-        n = _int_arg(n, "n", 1)
+        net = self._network(use_ema)
+        n = check_int(n, "n", 1)
         cond, scale, null = self._condition(net, labels, n, guidance_scale)
         steps = self._check_steps(steps, default=50)
-        batch_size = _int_arg(batch_size, "batch_size", 1)
-        seed = _seed_arg(seed)
-        if sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
-        if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
-            raise TypeError(f"eta must be a number, got {eta!r}")
-        if not (eta >= 0 and math.isfinite(eta)):
-            raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+        batch_size = check_int(batch_size, "batch_size", 1)
+        gen = self._generator(seed)
+        sampler = check_choice(sampler, "sampler", ("ddim", "ddpm"))
+        eta = check_real(eta, "eta", 0.0)
         if sampler == "ddpm" and eta != 0:
             raise ValueError(
                 f"eta applies to sampler='ddim' only (DDPM steps are ancestral), got eta={eta!r}"
             )
-        eta = float(eta)
-        device = self.device_
-        gen = self._generator(seed)
-        schedule = self._fitted_schedule()
         out = []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            x = sample_loop(
-                _guided(net, None if cond is None else cond[start : start + b], null, scale),
-                (b, *self.image_shape_),
-                schedule,
-                self.prediction_,
-                steps,
-                sampler,
-                eta,
-                gen,
-                device,
-                progress=self.verbose > 0,
-            )
+            part = None if cond is None else cond[start : start + b]
+            x = sample_loop(guided(net, part, null, scale), (b, *self.image_shape_),
+                            self._fitted_schedule(), self.prediction_, steps, sampler, eta, gen,
+                            self.device_, progress=self.verbose > 0)
             out.append(from_unit(x, self.data_range_).cpu())
         return torch.cat(out)
 
@@ -854,7 +568,22 @@ class ConPreDiffModel(BaseEstimator):
         """
         from .inpainting import as_mask, repaint
 
-        net = self._denoiser(use_ema)
+        net = self._network(use_ema)
+        images, single = self._check_img(img)
+        gen = self._generator(seed)  # repaint checks the sampler and the jump schedule
+        missing = as_mask(mask, tuple(images.shape)).expand_as(images)
+        cond, scale, null = self._condition(net, labels, images.shape[0], guidance_scale)
+        steps = self._check_steps(steps, default=250)
+        filled = repaint(guided(net, cond, null, scale),
+                         to_unit(images, self.data_range_).to(self.device_),
+                         missing.to(self.device_), self._fitted_schedule(), self.prediction_,
+                         steps, jump_length, jump_n_sample, gen, self.device_,
+                         progress=self.verbose > 0, sampler=sampler)
+        out = torch.where(missing, from_unit(filled.float().cpu(), self.data_range_), images)
+        return out[0] if single else out
+
+    def _check_img(self, img: Any) -> tuple[torch.Tensor, bool]:
+        """``img`` as a float32 batch with the fitted shape and range; whether it was one."""
         single = getattr(img, "ndim", None) == 3
         if isinstance(img, torch.Tensor | np.ndarray) and img.ndim not in (3, 4):
             hint = " (add a channel axis: img[None])" if img.ndim == 2 else ""
@@ -863,93 +592,35 @@ class ConPreDiffModel(BaseEstimator):
                 f"{tuple(img.shape)}{hint}"
             )
         images = check_images(img[None] if single else img, "img")
-        C, H, W = self.image_shape_
-        if tuple(images.shape[1:]) != (C, H, W):
+        if tuple(images.shape[1:]) != tuple(self.image_shape_):
             raise ValueError(
-                f"img must have the fitted model's (C, H, W) = {(C, H, W)}, got "
+                f"img must have the fitted model's (C, H, W) = {tuple(self.image_shape_)}, got "
                 f"{tuple(images.shape[1:])}"
             )
         check_in_range(images, self.data_range_, "img")
-        seed = _seed_arg(seed)  # repaint checks the sampler and the jump schedule
-        missing = as_mask(mask, tuple(images.shape))  # one image: as a batch of one
-        missing = missing.to(images.device).expand_as(images)
-        cond, scale, null = self._condition(net, labels, images.shape[0], guidance_scale)
-        steps = self._check_steps(steps, default=250)
-        device = self.device_
-        gen = self._generator(seed)
-        unit = to_unit(images, self.data_range_).to(device)
-        filled = repaint(
-            _guided(net, cond, null, scale),
-            unit,
-            missing.to(device),
-            self._fitted_schedule(),
-            self.prediction_,
-            steps,
-            jump_length,
-            jump_n_sample,
-            gen,
-            device,
-            progress=self.verbose > 0,
-            sampler=sampler,
-        )
-        out = torch.where(missing, from_unit(filled.float().cpu(), self.data_range_), images)
-        return out[0] if single else out
+        return images, single
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, include_decoder: bool = True) -> Path:
         """Write the fitted model to one safetensors file (weights; arguments as JSON metadata).
 
+        The file is written atomically (see :mod:`conprediff.persistence`); no pickle is
+        involved.
+
         Parameters
         ----------
         path : str or Path
-            Target file (conventionally ``*.safetensors``).
+            Target file (conventionally ``*.safetensors``); its folder is created.
         include_decoder : bool
             Also store the context decoder; ``False`` writes an inference-only file.
 
         Returns
         -------
         Path
-            The written path. No pickle is involved.
+            The written path.
         """
-        from safetensors.torch import save_file
-
         check_is_fitted(self, "backbone_")
-        tensors: dict[str, torch.Tensor] = {}
-        modules = {"backbone": self.backbone_, "ema": self.ema_backbone_}
-        if include_decoder:
-            modules["context"] = self.context_head_
-        for prefix, module in modules.items():
-            if module is None:
-                continue
-            for key, value in module.state_dict().items():
-                tensors[f"{prefix}.{key}"] = value.detach().cpu().clone().contiguous()
-        meta = {
-            "format_version": _FORMAT_VERSION,
-            "params": to_jsonable(
-                {
-                    **{k: v for k, v in self.get_params(deep=False).items() if k != "backbone"},
-                    # what the weights were trained with, even if set_params changed it since
-                    "context": self.context_,
-                    "schedule": self.schedule_,
-                    "timesteps": self.timesteps_,
-                    "prediction": self.prediction_,
-                },
-                "params",
-            ),
-            "backbone": to_jsonable(self.backbone_, "backbone")
-            if hasattr(self.backbone_, "get_params")
-            else None,
-            "image_shape": list(self.image_shape_),
-            "data_range": list(self.data_range_),
-            "n_steps": self.n_steps_,
-            "seed": self.seed_,
-            "loss_history": self.loss_history_,
-            "has_decoder": bool(include_decoder and self.context_head_ is not None),
-        }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata={"conprediff": json.dumps(meta)})
-        return path
+        return save_model(self, path, include_decoder)
 
     @classmethod
     def load(
@@ -977,81 +648,10 @@ class ConPreDiffModel(BaseEstimator):
         ConPreDiffModel
             A fitted model.
         """
-        from safetensors import safe_open
+        return load_model(cls, path, device, backbone, classes)
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no model file at {str(path)!r}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta_text = (f.metadata() or {}).get("conprediff")
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except Exception as err:
-            raise ValueError(f"{str(path)!r} is not a readable safetensors file: {err}") from err
-        if meta_text is None:
-            raise ValueError(f"{str(path)!r} was not written by ConPreDiffModel.save")
-        meta = json.loads(meta_text)
-        classes = tuple(classes)
-        params = from_jsonable(meta["params"], classes)
-        if meta["backbone"] is not None:
-            net = from_jsonable(meta["backbone"], classes)
-            if backbone is not None:
-                warnings.warn(
-                    f"backbone= is ignored: {str(path)!r} describes its backbone "
-                    f"({type(net).__name__}) itself; it is needed only for a custom backbone "
-                    "without get_params",
-                    stacklevel=2,
-                )
-        elif backbone is not None:
-            net = copy.deepcopy(backbone)
-        else:
-            raise ValueError("this file holds a custom backbone: pass backbone=<module> to load()")
-        model = cls(backbone=copy.deepcopy(net), **params)
-        dev = resolve_device(device)
-
-        def restore(prefix: str, module: nn.Module) -> nn.Module:
-            state = {
-                k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")
-            }
-            try:
-                module.load_state_dict(state, strict=True)
-            except RuntimeError as err:
-                raise ValueError(
-                    f"the weights in {str(path)!r} do not fit the {prefix} module "
-                    f"({type(module).__name__}): was it built with other arguments? "
-                    f"{str(err).splitlines()[0]}"
-                ) from err
-            return module.to(dev).eval()
-
-        model.backbone_ = restore("backbone", net)
-        has_ema = any(k.startswith("ema.") for k in tensors)
-        model.ema_backbone_ = (
-            restore("ema", copy.deepcopy(net)).requires_grad_(False) if has_ema else None
-        )
-        model.context_head_ = None
-        if meta["has_decoder"] and model.context is not None:
-            head = model.context.build(net.feature_channels, meta["image_shape"][0])
-            try:
-                model.context_head_ = restore("context", head)
-            except ValueError as err:  # written before save stored the fitted context
-                warnings.warn(
-                    f"the context decoder in {str(path)!r} does not match the file's context "
-                    f"settings (changed by set_params before save?); loaded without the decoder, "
-                    f"which sampling and inpainting do not use: {str(err).splitlines()[0]}",
-                    stacklevel=2,
-                )
-        model.image_shape_ = tuple(meta["image_shape"])
-        model.data_range_ = tuple(meta["data_range"])
-        model.n_steps_ = meta["n_steps"]
-        model.seed_ = meta["seed"]
-        model.loss_history_ = meta["loss_history"]
-        model.device_ = dev
-        model.device = device
-        model.n_items_seen_ = None
-        model.world_size_ = 1
-        model.context_ = _copy_config(model.context)
-        model.timesteps_ = model.timesteps
-        model.schedule_ = model.schedule
-        model.prediction_ = model.prediction
-        model.label_dropout_ = model.label_dropout
-        return model
+    @property
+    def fitted_state_(self) -> FittedState:
+        """The fitted attributes as one :class:`~conprediff.persistence.FittedState`."""
+        check_is_fitted(self, "backbone_")
+        return FittedState.of(self)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import importlib
 import numbers
 import os
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 from sklearn.base import BaseEstimator
 from torch import nn
 
-__all__ = ["to_jsonable", "from_jsonable"]
+__all__ = ["class_path", "from_jsonable", "to_jsonable"]
 
 
 def to_jsonable(value: Any, name: str = "value") -> Any:
@@ -46,9 +47,8 @@ def to_jsonable(value: Any, name: str = "value") -> Any:
             for k, v in value.items()
         }
     if hasattr(value, "get_params"):
-        cls = type(value)
         return {
-            "__class__": f"{cls.__module__}.{cls.__qualname__}",
+            "__class__": class_path(type(value)),
             "params": {
                 k: to_jsonable(v, f"{name}__{k}") for k, v in value.get_params(deep=False).items()
             },
@@ -58,6 +58,21 @@ def to_jsonable(value: Any, name: str = "value") -> Any:
         "component with get_params(); use a component (e.g. a metric class from "
         "conprediff.wasserstein) so the model can be saved"
     )
+
+
+def class_path(cls: type) -> str:
+    """``module.QualName`` of ``cls``, by the shortest package that exports it.
+
+    ``conprediff.wasserstein.one_d.SortedW2`` is written ``conprediff.wasserstein.SortedW2``, so
+    files keep naming a class by its public path when the module that defines it moves.
+    """
+    parts = cls.__module__.split(".")
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, cls.__qualname__, None) is cls:
+            return f"{name}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _resolve_class(path: str, allowed: Iterable[type]) -> type:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conprediff import ConPreDiffModel, ContextPrediction, UNet
 from conprediff.data import load_digits_images
-from conprediff.estimator import _guided
+from conprediff.estimator import guided as _guided  # moves to conprediff.diffusion.guidance
 
 
 def cond_unet(k=3):
@@ -91,7 +91,7 @@ def test_fit_from_a_loader_of_pairs_from_arrays_and_with_one_label_per_call(imag
 def test_sampling_arguments_are_checked(fitted):
     with pytest.raises(ValueError, match="guidance_scale needs labels"):
         fitted.sample(2, steps=2, guidance_scale=3.0)
-    with pytest.raises(ValueError, match="guidance_scale must be finite"):
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
         fitted.sample(2, steps=2, labels=0, guidance_scale=float("nan"))
     with pytest.raises(TypeError, match="guidance_scale must be a number"):
         fitted.sample(2, steps=2, labels=0, guidance_scale="3")

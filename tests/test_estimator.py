@@ -193,11 +193,22 @@ def test_custom_backbone_fit_save_load(images, tmp_path):
 
 
 def test_accepts_dataloader_tuples_numpy_and_dataset(images):
+    def weights(model):
+        return torch.cat([p.detach().flatten() for p in model.backbone_.parameters()])
+
     labels = torch.arange(16) % 3
-    tiny().fit(DataLoader(TensorDataset(images, labels), batch_size=4))
-    tiny().fit(DataLoader(images, batch_size=4))
-    tiny().fit(images.numpy().astype(np.float64))
-    tiny().fit(TensorDataset(images))
+    tuples = tiny().fit(DataLoader(TensorDataset(images, labels), batch_size=4))
+    plain = tiny().fit(DataLoader(images, batch_size=4))
+    # the same batches in the same order (labels of an unconditional model are ignored)
+    assert torch.equal(weights(tuples), weights(plain))
+    assert tuples.n_steps_ == 3 and tuples.image_shape_ == (1, 8, 8)
+    # a tensor, a float64 array and a Dataset are shuffled by the same seeded sampler
+    reference = weights(tiny().fit(images))
+    assert torch.equal(weights(tiny().fit(images.numpy().astype(np.float64))), reference)
+    from_dataset = tiny().fit(TensorDataset(images))
+    assert torch.equal(weights(from_dataset), reference)
+    assert from_dataset.n_items_seen_ == 16
+    assert not torch.equal(reference, weights(plain))  # another order: other weights
 
 
 # ---------------------------------------------------------------- rejected inputs

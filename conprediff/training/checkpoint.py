@@ -13,14 +13,14 @@ half-written checkpoint under a checkpoint's name. Only the newest ``keep`` are 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..persistence import write_safetensors
 
 __all__ = [
     "CheckpointError",
@@ -109,23 +109,13 @@ def write_checkpoint(folder: str | Path, step: int, state: dict[str, Any], keep:
     Path
         The checkpoint written.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     meta = flatten_state("s", state, tensors)
-    final = checkpoint_path(folder, step)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-ckpt-", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"conprediff_checkpoint": json.dumps(meta)})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    final = write_safetensors(
+        checkpoint_path(folder, step), tensors, {"conprediff_checkpoint": json.dumps(meta)}
+    )
     for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return final

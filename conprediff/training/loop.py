@@ -24,11 +24,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._validation import check_images, check_labels
 from ..backbones.protocol import check_backbone_output
 from ..diffusion.gaussian import diffusion_loss
+from ..ranges import to_unit
 from ..schedules import NoiseSchedule
 from .checkpoint import write_checkpoint
-from .data import BatchStream, check_images, check_labels, split_batch, to_unit
+from .data import BatchStream, split_batch
 from .distributed import DistInfo, all_min
 from .ema import EMA
 
@@ -52,7 +54,11 @@ class DiffusionObjective(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.context_head = context_head
-        self._compiled: Any = None  # set by Trainer when compile=True (not a registered module)
+        self._compiled: Any = None  # not a registered module: the state dict stays the same
+
+    def compile_backbone(self) -> None:
+        """Run the backbone through ``torch.compile`` in :meth:`forward` (weights shared)."""
+        self._compiled = torch.compile(self.backbone)
 
     def forward(
         self,
@@ -178,7 +184,7 @@ class Trainer:
         if config.channels_last:
             objective.to(memory_format=torch.channels_last)
         if compile:
-            objective._compiled = torch.compile(objective.backbone)
+            objective.compile_backbone()
         self.model: nn.Module = objective
         if dist_info.enabled:
             from torch.nn.parallel import DistributedDataParallel

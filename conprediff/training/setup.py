@@ -1,0 +1,243 @@
+"""From an estimator's checked parameters and the user's data to a trained :class:`FittedState`.
+
+:func:`fit_model` is everything behind :meth:`~conprediff.ConPreDiffModel.fit`: device and DDP
+set-up, the seed, the data's loader, shape and range, the backbone and context head, the
+:class:`~conprediff.training.loop.Trainer`, resuming from a checkpoint, and the run itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._validation import check_device, check_images, check_in_range, check_labels
+from ..backbones.defaults import build_backbone
+from ..persistence import FittedState, copy_config
+from ..ranges import infer_data_range
+from ..schedules import NoiseSchedule
+from . import distributed
+from .checkpoint import read_checkpoint, read_latest_checkpoint
+from .data import BatchStream, as_loader, split_batch
+from .loop import DiffusionObjective, TrainConfig, Trainer
+
+__all__ = ["check_resume", "fit_model", "num_classes_of", "read_resume_state"]
+
+
+def num_classes_of(backbone: Any) -> int | None:
+    """The backbone's ``num_classes`` (class-conditional when set), checked; None otherwise."""
+    k = getattr(backbone, "num_classes", None)
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"backbone num_classes must be None or an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def _random_seed(dist_info: distributed.DistInfo) -> int:
+    """A fresh seed, the same on every rank (rank 0's, broadcast)."""
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    if dist_info.enabled:
+        import torch.distributed as dist
+
+        box = [seed]
+        dist.broadcast_object_list(box, src=0)
+        seed = int(box[0])
+    return seed
+
+
+def read_resume_state(resume: str | Path, checkpoint_dir: str | Path | None
+                      ) -> dict[str, Any] | None:
+    """The checkpoint state ``fit(resume=...)`` continues from (None: start afresh)."""
+    if resume == "latest":
+        if checkpoint_dir is None:
+            raise ValueError("resume='latest' needs checkpoint_dir to be set")
+        try:
+            return read_latest_checkpoint(checkpoint_dir)[1]
+        except FileNotFoundError:
+            warnings.warn(
+                f"resume='latest': no checkpoint in {str(checkpoint_dir)!r}; starting from scratch",
+                stacklevel=4,
+            )
+            return None
+    return read_checkpoint(resume)
+
+
+def check_resume(state: dict[str, Any], shape: tuple, data_range: tuple,
+                 has_context: bool) -> None:
+    """Refuse a checkpoint written for other data or with/without context prediction."""
+    run = state.get("run", {})
+    for name, now in (("image_shape", list(shape)), ("data_range", list(data_range))):
+        if name in run and list(run[name]) != now:
+            raise ValueError(
+                f"the checkpoint was written for {name} {run[name]}, this data gives {now}"
+            )
+    had_context = any(k.startswith("context_head.") for k in state["objective"])
+    if had_context != has_context:
+        raise ValueError(
+            "the checkpoint was written "
+            + ("with" if had_context else "without")
+            + " context prediction, but context is "
+            + ("set" if has_context else "None")
+            + ": resume with the parameters the run was started with"
+        )
+
+
+def _seed(p: dict[str, Any], resume_state: dict[str, Any] | None,
+          dist_info: distributed.DistInfo) -> int:
+    if resume_state is not None and "seed" in resume_state:
+        seed = int(resume_state["seed"])  # a seed=None run resumes with the seed it drew
+        if p["seed"] is not None and p["seed"] != seed:
+            raise ValueError(
+                f"seed={p['seed']} differs from the checkpoint's seed {seed}: resume with "
+                "the parameters the run was started with"
+            )
+        return seed
+    return p["seed"] if p["seed"] is not None else _random_seed(dist_info)
+
+
+def _first_batch(data: Any, loader: Any, num_classes: int | None) -> torch.Tensor:
+    """The data's first images (checked), without touching the global random state."""
+    if isinstance(data, torch.Tensor | np.ndarray):
+        return check_images(data, "data")
+    try:
+        # creating an iterator draws the loader's base seed (and a user sampler may shuffle)
+        # from the global generator: peek without touching it. A loader with its own
+        # generator= still advances that generator here, and persistent workers started by
+        # the peek keep the seeds it gave them.
+        with torch.random.fork_rng(devices=[]):
+            first, labels = split_batch(next(iter(loader)))
+        first = check_images(first, "data")
+        if num_classes is not None:
+            check_labels(labels, num_classes, len(first), "data's labels")
+        return first
+    except StopIteration:
+        raise ValueError("data is empty: it yielded no batch") from None
+    except RuntimeError as err:  # default_collate on images of different sizes
+        if "stack expects each tensor to be equal size" in str(err):
+            raise ValueError(f"data holds images of varying size: {err}") from err
+        raise
+
+
+def _build(p: dict[str, Any], context: Any, shape: tuple[int, int, int], seed: int,
+           device: torch.device) -> tuple[nn.Module, nn.Module | None]:
+    """Backbone (seeded with ``seed``) and context head (``seed + 1``), on ``device``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = build_backbone(p["backbone"], shape).to(device)
+        head = None
+        if context is not None:
+            torch.manual_seed(seed + 1)  # separate stream: the backbone init is unchanged
+            head = context.build(backbone.feature_channels, shape[0]).to(device)
+    return backbone, head
+
+
+def _total_steps(p: dict[str, Any], loader: Any) -> int:
+    if p["epochs"] is None:
+        return p["max_steps"]
+    try:
+        return max(1, -(-p["epochs"] * len(loader) // p["grad_accum_steps"]))
+    except TypeError:
+        raise ValueError("epochs needs data of known length; use max_steps") from None
+
+
+def _config(p: dict[str, Any], shape: tuple[int, int, int], data_range: tuple[float, float],
+            device: torch.device, n_steps: int, num_classes: int | None) -> TrainConfig:
+    keys = ("lr", "min_snr_gamma", "precision", "grad_accum_steps", "grad_clip",
+            "lr_warmup_steps", "lr_schedule", "on_nonfinite", "log_every", "checkpoint_every",
+            "keep_checkpoints", "label_dropout")
+    return TrainConfig(
+        schedule=NoiseSchedule(p["schedule"], p["timesteps"]),
+        prediction=p["prediction"],
+        data_range=data_range,
+        image_shape=shape,
+        device=device,
+        max_steps=n_steps,
+        checkpoint_dir=None if p["checkpoint_dir"] is None else str(p["checkpoint_dir"]),
+        channels_last=device.type == "cuda",
+        num_classes=num_classes,
+        **{k: p[k] for k in keys},
+    )
+
+
+def _run(trainer: Trainer, resume_state: dict[str, Any] | None, seed: int,
+         device: torch.device, callback: Callable | None, progress: bool) -> None:
+    rng_devices = [device] if device.type == "cuda" else []
+    try:
+        # Training draws from the global generators too (dropout, a user DataLoader's
+        # shuffle): seed them, and leave the caller's random state as it was.
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(seed + 4)
+            if resume_state is not None:
+                trainer.load_state_dict(resume_state)
+            trainer.run(callback=callback, progress=progress)
+    except RuntimeError as err:
+        if "stack expects each tensor to be equal size" in str(err):
+            raise ValueError(f"data holds images of varying size: {err}") from err
+        raise
+
+
+def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path | None = None,
+              callback: Callable[[dict[str, float]], None] | None = None) -> FittedState:
+    """Train a diffusion model as :meth:`~conprediff.ConPreDiffModel.fit` documents.
+
+    Parameters
+    ----------
+    p : dict
+        The estimator's parameters by name, checked (plain ``int``/``float`` values).
+    data, y, resume, callback
+        As :meth:`~conprediff.ConPreDiffModel.fit` takes them.
+
+    Returns
+    -------
+    FittedState
+        The trained modules and the record of the run.
+    """
+    context = copy_config(p["context"])  # kept for save: set_params may change it after fit
+    dist_info, device = distributed.setup(check_device(p["device"]))
+    resume_state = None if resume is None else read_resume_state(resume, p["checkpoint_dir"])
+    seed = _seed(p, resume_state, dist_info)
+    num_classes = num_classes_of(p["backbone"])
+    if num_classes is not None and isinstance(data, torch.Tensor | np.ndarray):
+        check_labels(y, num_classes, len(data), "labels y")
+    loader, n_items = as_loader(data, y, p["batch_size"], seed, dist_info.world_size,
+                                dist_info.rank)
+    first = _first_batch(data, loader, num_classes)
+    shape = tuple(first.shape[1:])
+    if p["data_range"] == "auto":
+        data_range = infer_data_range(first)
+    else:
+        data_range = p["data_range"]
+        check_in_range(first, data_range, "data")
+    backbone, head = _build(p, context, shape, seed, device)
+    config = _config(p, shape, data_range, device, _total_steps(p, loader), num_classes)
+    trainer = Trainer(DiffusionObjective(backbone, head), BatchStream(loader), config, dist_info,
+                      seed, ema_decay=p["ema_decay"], weight_decay=p["weight_decay"],
+                      compile=p["compile"])
+    if resume_state is not None:
+        check_resume(resume_state, shape, data_range, has_context=head is not None)
+    _run(trainer, resume_state, seed, device, callback, progress=p["verbose"] > 0)
+    to_plain = {"memory_format": torch.contiguous_format}
+    return FittedState(
+        backbone=backbone.to(**to_plain).eval(),
+        ema_backbone=trainer.ema.module.to(**to_plain) if trainer.ema else None,
+        context_head=head,
+        context=context,
+        image_shape=shape,
+        data_range=data_range,
+        n_steps=trainer.state.step,
+        loss_history=trainer.state.history,
+        device=device,
+        seed=seed,
+        n_items_seen=n_items,
+        world_size=dist_info.world_size,
+        timesteps=p["timesteps"],
+        schedule=p["schedule"],
+        prediction=p["prediction"],
+        label_dropout=p["label_dropout"],
+    )
