@@ -1,11 +1,16 @@
-"""Shared pieces of the benchmarks: one training step, alternating timing, machine description."""
+"""Shared pieces of the benchmarks: one training step, alternating timing, machine description,
+atomic JSON writes."""
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +31,20 @@ def machine() -> str:
     if torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name(0)}"
     return text
+
+
+def machine_cores() -> str:
+    """:func:`machine` with the number of CPU cores."""
+    return f"{machine()} ({os.cpu_count()} cores)"
+
+
+def atomic_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` (folders created) through a temporary file and a rename,
+    so that a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 def describe_context(context: ContextPrediction | None) -> str:

@@ -23,10 +23,10 @@ from conprediff.wasserstein import SortedW2
 # spells out the settings it names, so a change of the defaults cannot relabel it.
 CONFIGS = {
     "default: sampled, latent 8, point_fraction 0.1, sorted W2": dict(),
-    "sampled, latent 8, point_fraction 0.25 (the default until 2026-11-30)": dict(
+    "sampled, latent 8, point_fraction 0.25 (an earlier default)": dict(
         latent_dim=8, point_fraction=0.25
     ),
-    "sampled, latent 8, point_fraction 0.5 (the default until 2026-11-29)": dict(
+    "sampled, latent 8, point_fraction 0.5 (an earlier default)": dict(
         latent_dim=8, point_fraction=0.5
     ),
     "sampled, latent 16, every point (deck's decoder, no subsampling)": dict(
@@ -34,7 +34,7 @@ CONFIGS = {
     ),
     "sampled, latent 8, every point": dict(latent_dim=8, point_fraction=1.0),
     "sampled, latent 4, point_fraction 0.5": dict(latent_dim=4, point_fraction=0.5),
-    "sampled (default) + SortedW2 sort='network' (the CPU default before 2026-11-29)": dict(
+    "sampled (default) + SortedW2 sort='network' (an earlier CPU default)": dict(
         metric=SortedW2(sort="network", validate=False)
     ),
     "sampled (default), lambda only for t >= T/2 (TruncatedWeight; zero-weight points skipped)": (

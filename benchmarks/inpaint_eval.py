@@ -102,8 +102,8 @@ def model_config(args: argparse.Namespace, arm: str) -> dict:
         "n_test": args.n_test,
     } | ({} if context is None else {
         # the context term's full configuration, so that a change of the library's defaults
-        # (lambda_t went from 1 to 0.1 after the first runs) trains a new model; the baseline's
-        # key is unchanged
+        # trains a new model (docs/benchmarks/inpaint_eval.md, "Which ConPreDiff"); the
+        # baseline's key is unchanged
         "context": describe_context(context),
     })
 
@@ -286,7 +286,7 @@ def figure(res: dict, families: list[str], path: Path, title: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- main
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny everything, prints only")
@@ -324,6 +324,125 @@ def main() -> None:
         args.n_test = 297 if args.dataset == "digits" else 1000
     if not 1 <= args.n_images <= args.n_test:
         ap.error(f"--n-images must be in [1, {args.n_test}]")
+    return args
+
+
+def n_evals(steps: int, jump_length: int, jump_n_sample: int) -> int:
+    """Model evaluations per image of a RePaint schedule."""
+    times = repaint_schedule(steps, jump_length, jump_n_sample)
+    return sum(b < a for a, b in zip(times[:-1], times[1:], strict=True))
+
+
+def inpaint_all(args: argparse.Namespace, models: dict, eval_x: torch.Tensor,
+                eval_y: torch.Tensor, extractor: FeatureExtractor) -> tuple[dict, dict]:
+    """Every family, arm and method on the evaluated images: the metrics per image under
+    ``res[family][arm][method]`` (and the missing share per family), and the seconds per
+    method."""
+    H, W = eval_x.shape[-2:]
+    masks = {
+        fam: torch.stack([make_mask(fam, H, W, seed=args.mask_seed + i)
+                          for i in range(len(eval_x))])[:, None]
+        for fam in args.families
+    }
+    jobs = [(f, a, m) for f in args.families for a in ARMS for m in METHODS]
+    res: dict = {f: {a: {} for a in ARMS} | {"missing": float(masks[f].float().mean())}
+                 for f in args.families}
+    infer_seconds = {m: 0.0 for m in METHODS}
+    for fam, arm, meth in tqdm(jobs, desc="inpaint"):
+        t0 = time.perf_counter()
+        out_img = models[arm].inpaint(
+            eval_x, masks[fam], steps=args.steps, jump_length=args.jump_length,
+            jump_n_sample=args.jump_n_sample if meth == "resample" else 1,
+            seed=args.sample_seed + args.families.index(fam), sampler="ddpm",
+        )
+        infer_seconds[meth] += time.perf_counter() - t0
+        known = ~masks[fam].expand_as(eval_x)
+        assert torch.equal(out_img[known], eval_x[known]), "known pixels changed"
+        res[fam][arm][meth] = metrics(out_img, eval_x, masks[fam], extractor, eval_y)
+    return res, infer_seconds
+
+
+def settings_text(args: argparse.Namespace, shape: tuple[int, int], n_train: int, n_eval: int,
+                  trained: str, infer_seconds: dict, clf: tuple[float, float]) -> str:
+    """The settings section of the page."""
+    H, W = shape
+    ours = make_context("ConPreDiff")
+    return (
+        f"* Data: {args.dataset} ({H}×{W}), {n_train} training images, {args.n_test} held "
+        f"out (split seed {args.split_seed}); the first {n_eval} held-out images evaluated.\n"
+        f"* Models: `UNet(base_channels={args.base_channels}, channel_mults="
+        f"{tuple(args.channel_mults)})`, lr {args.lr:g}, {args.train_steps} steps, batch "
+        f"{args.batch_size}, EMA 0.999, seed {args.seed} for both arms; ConPreDiff = "
+        f"`context=ContextPrediction()` (the defaults of this run: "
+        f"`weight={ours.weight!r}`, `strides={ours.strides!r}`, "
+        f"`point_fraction={ours.point_fraction!r}`), "
+        f"baseline = `context=None` ({trained}).\n"
+        f"* Inpainting: `sampler='ddpm'`, steps={args.steps}, jump_length={args.jump_length}; "
+        f"resample = jump_n_sample={args.jump_n_sample}, replace = jump_n_sample=1; sampling seed "
+        f"{args.sample_seed} + family index, identical for all four arms; mask of image i: "
+        f"`make_mask(family, {H}, {W}, seed={args.mask_seed} + i)`. Model evaluations per "
+        f"image: resample {n_evals(args.steps, args.jump_length, args.jump_n_sample)}, replace "
+        f"{n_evals(args.steps, args.jump_length, 1)}. Inpainting time, both models, "
+        f"all families: resample {infer_seconds['resample'] / 60:.1f} min, replace "
+        f"{infer_seconds['replace'] / 60:.1f} min.\n"
+        f"* Feature network: LeNet (`FeatureExtractor`, `train_classifier`, {args.clf_epochs} "
+        f"epochs) trained on the training split only; accuracy {100 * clf[0]:.1f}% on its "
+        f"validation fifth of the training split, {100 * clf[1]:.1f}% on the {args.n_test} "
+        f"held-out originals.\n"
+        f"* MSE and PSNR on the missing pixels only, in the [-1, 1] scale (PSNR peak-to-peak 2); "
+        f"feature L2 = mean over images of ‖f(result) − f(original)‖₂ in the 128-d penultimate "
+        f"features; ± is one standard error over the {n_eval} images."
+    )
+
+
+def write_page(args: argparse.Namespace, out: Path, header: dict, sections: dict,
+               n_eval: int) -> Path:
+    """The markdown page and its figure; returns the figure's path."""
+    fig_path = out.with_suffix(".png")
+    figure(sections["res"], args.families, fig_path,
+           f"{args.dataset}, {n_eval} held-out images, steps={args.steps}, "
+           f"jump_length={args.jump_length}, jump_n_sample={args.jump_n_sample} vs 1 (± 1 SE)")
+    held_out = "held-out MNIST images" if args.dataset == "mnist" else "held-out images"
+    doc = f"""# Inpainting on {held_out}: resampling vs replacement, ConPreDiff vs baseline
+
+Produced by
+
+```bash
+{header["command"]}
+```
+
+on {header["date"]}, {machine()}, {os.cpu_count()} CPU cores (load average \
+{os.getloadavg()[0]:.1f} at the end).
+Wall time {header["wall"] / 60:.1f} min (training included only where the settings say it was not
+loaded from the cache). `--quick` is a smoke run that only prints; `--dataset mnist` runs the
+same protocol on MNIST-5k (28×28).
+
+## Settings
+
+{sections["settings"]}
+
+## Results
+
+{sections["main_table"]}
+
+![missing-region MSE per family]({fig_path.name})
+
+Paired differences of the missing-region MSE (same image, mask and sampling seed), mean ± SE over
+images; `*` marks a difference larger than two standard errors. Negative = the first arm is better.
+
+{sections["diff_table"]}
+
+## Reading
+
+{sections["reading"]}
+"""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc)
+    return fig_path
+
+
+def main() -> None:
+    args = parse_args()
     default_out = DOC if args.dataset == "digits" else DOC.with_name("inpaint_eval_mnist.md")
     out = Path(args.out) if args.out else default_out
     command = "python benchmarks/inpaint_eval.py " + " ".join(map(shlex.quote, sys.argv[1:]))
@@ -337,130 +456,33 @@ def main() -> None:
     H, W = images.shape[-2:]
     print(f"{args.dataset}: {len(train_x)} training images, evaluating {len(eval_x)} held-out "
           f"{H}x{W} images")
-
     extractor = FeatureExtractor(cache_dir=args.cache_dir, epochs=args.clf_epochs,
                                  seed=0, verbose=1).fit(train_x, train_y)
-    clf_val = extractor.test_accuracy_
-    held = test_idx
-    clf_held = float((predict(extractor, images[held]) == labels[held].numpy()).mean())
-    print(f"classifier: validation accuracy {clf_val:.3f}, held-out accuracy {clf_held:.3f}")
-
-    models, train_seconds, cached = {}, {}, {}
+    clf_held = float((predict(extractor, images[test_idx]) == labels[test_idx].numpy()).mean())
+    print(f"classifier: validation accuracy {extractor.test_accuracy_:.3f}, held-out accuracy "
+          f"{clf_held:.3f}")
+    models, trained = {}, []
     for arm in ARMS:
         t0 = time.perf_counter()
-        models[arm], train_seconds[arm], _ = get_model(args, arm, train_x)
-        cached[arm] = time.perf_counter() - t0 < 0.5 * (train_seconds[arm] or 1e9)
-
-    masks = {
-        fam: torch.stack([make_mask(fam, H, W, seed=args.mask_seed + i)
-                          for i in range(len(eval_x))])[:, None]
-        for fam in args.families
-    }
-    jobs = [(f, a, m) for f in args.families for a in ARMS for m in METHODS]
-    res: dict = {f: {a: {} for a in ARMS} | {"missing": float(masks[f].float().mean())}
-                 for f in args.families}
-    results: dict = {}
-    infer_seconds = {m: 0.0 for m in METHODS}
-    for fam, arm, meth in tqdm(jobs, desc="inpaint"):
-        t0 = time.perf_counter()
-        out_img = models[arm].inpaint(
-            eval_x, masks[fam], steps=args.steps, jump_length=args.jump_length,
-            jump_n_sample=args.jump_n_sample if meth == "resample" else 1,
-            seed=args.sample_seed + args.families.index(fam), sampler="ddpm",
-        )
-        infer_seconds[meth] += time.perf_counter() - t0
-        known = ~masks[fam].expand_as(eval_x)
-        assert torch.equal(out_img[known], eval_x[known]), "known pixels changed"
-        results[(fam, arm, meth)] = out_img
-        res[fam][arm][meth] = metrics(out_img, eval_x, masks[fam], extractor, eval_y)
-
-    def n_evals(jns: int) -> int:
-        times = repaint_schedule(args.steps, args.jump_length, jns)
-        return sum(b < a for a, b in zip(times[:-1], times[1:], strict=True))
-
+        models[arm], seconds, _ = get_model(args, arm, train_x)
+        cached = time.perf_counter() - t0 < 0.5 * (seconds or 1e9)
+        trained.append(f"{arm}: " + ("trained earlier" if seconds is None else
+                                     f"trained in {seconds / 60:.1f} min")
+                       + (", loaded from the cache in this run" if cached else ""))
+    res, infer_seconds = inpaint_all(args, models, eval_x, eval_y, extractor)
     main_table, diff_table, counts = tables(res, args.families, len(eval_x))
+    sections = {"res": res, "main_table": main_table, "diff_table": diff_table,
+                "reading": reading(counts, args.families, len(eval_x)),
+                "settings": settings_text(args, (H, W), len(train_x),
+                                          len(eval_x), "; ".join(trained), infer_seconds,
+                                          (extractor.test_accuracy_, clf_held))}
     wall = time.perf_counter() - started
-    trained = "; ".join(
-        f"{a}: " + ("trained earlier" if s is None else f"trained in {s / 60:.1f} min")
-        + (", loaded from the cache in this run" if cached[a] else "")
-        for a, s in train_seconds.items()
-    )
-    ours = make_context("ConPreDiff")
-    settings = (
-        f"* Data: {args.dataset} ({H}×{W}), {len(train_x)} training images, {args.n_test} held "
-        f"out (split seed {args.split_seed}); the first {len(eval_x)} held-out images evaluated.\n"
-        f"* Models: `UNet(base_channels={args.base_channels}, channel_mults="
-        f"{tuple(args.channel_mults)})`, lr {args.lr:g}, {args.train_steps} steps, batch "
-        f"{args.batch_size}, EMA 0.999, seed {args.seed} for both arms; ConPreDiff = "
-        f"`context=ContextPrediction()` (the defaults of this run: "
-        f"`weight={ours.weight!r}`, `strides={ours.strides!r}`, "
-        f"`point_fraction={ours.point_fraction!r}`), "
-        f"baseline = `context=None` ({trained}).\n"
-        f"* Inpainting: `sampler='ddpm'`, steps={args.steps}, jump_length={args.jump_length}; "
-        f"resample = jump_n_sample={args.jump_n_sample}, replace = jump_n_sample=1; sampling seed "
-        f"{args.sample_seed} + family index, identical for all four arms; mask of image i: "
-        f"`make_mask(family, {H}, {W}, seed={args.mask_seed} + i)`. Model evaluations per "
-        f"image: resample {n_evals(args.jump_n_sample)}, replace {n_evals(1)}. "
-        f"Inpainting time, both models, "
-        f"all families: resample {infer_seconds['resample'] / 60:.1f} min, replace "
-        f"{infer_seconds['replace'] / 60:.1f} min.\n"
-        f"* Feature network: LeNet (`FeatureExtractor`, `train_classifier`, {args.clf_epochs} "
-        f"epochs) trained on the training split only; accuracy {100 * clf_val:.1f}% on its "
-        f"validation fifth of the training split, {100 * clf_held:.1f}% on the {args.n_test} "
-        f"held-out originals.\n"
-        f"* MSE and PSNR on the missing pixels only, in the [-1, 1] scale (PSNR peak-to-peak 2); "
-        f"feature L2 = mean over images of ‖f(result) − f(original)‖₂ in the 128-d penultimate "
-        f"features; ± is one standard error over the {len(eval_x)} images."
-    )
-    print()
-    print(main_table)
-    print()
-    print(diff_table)
-    print()
-    print(reading(counts, args.families, len(eval_x)))
+    print(f"\n{main_table}\n\n{diff_table}\n\n{sections['reading']}")
     print(f"\nwall time {wall / 60:.1f} min")
     if args.no_write:
         return
-    fig_path = out.with_suffix(".png")
-    figure(res, args.families, fig_path,
-           f"{args.dataset}, {len(eval_x)} held-out images, steps={args.steps}, "
-           f"jump_length={args.jump_length}, jump_n_sample={args.jump_n_sample} vs 1 (± 1 SE)")
-    load_average = os.getloadavg()[0]
-    held_out = "held-out MNIST images" if args.dataset == "mnist" else "held-out images"
-    doc = f"""# Inpainting on {held_out}: resampling vs replacement, ConPreDiff vs baseline
-
-Produced by
-
-```bash
-{command}
-```
-
-on {date}, {machine()}, {os.cpu_count()} CPU cores (load average {load_average:.1f} at the end).
-Wall time {wall / 60:.1f} min (training included only where the settings say it was not
-loaded from the cache). `--quick` is a smoke run that only prints; `--dataset mnist` runs the
-same protocol on MNIST-5k (28×28).
-
-## Settings
-
-{settings}
-
-## Results
-
-{main_table}
-
-![missing-region MSE per family]({fig_path.name})
-
-Paired differences of the missing-region MSE (same image, mask and sampling seed), mean ± SE over
-images; `*` marks a difference larger than two standard errors. Negative = the first arm is better.
-
-{diff_table}
-
-## Reading
-
-{reading(counts, args.families, len(eval_x))}
-"""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(doc)
+    fig_path = write_page(args, out, {"command": command, "date": date, "wall": wall}, sections,
+                          len(eval_x))
     np.savez(Path(args.cache_dir) / f"{args.dataset}-metrics.npz",
              **{f"{f}/{a}/{m}/{k}": v for f in args.families for a in ARMS for m in METHODS
                 for k, v in res[f][a][m].items()})

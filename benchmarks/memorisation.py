@@ -30,15 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablation import (  # noqa: E402
-    arm_catalogue,
-    atomic_json,
-    load_data,
-    load_protocol,
-    machine,
-    restore,
-    slug,
-)
+from ablation_run import restore  # noqa: E402
+from ablation_setup import arm_catalogue, load_data, load_protocol, slug  # noqa: E402
+from common import atomic_json, machine_cores  # noqa: E402
 
 
 def nearest_distances(queries: torch.Tensor, reference: torch.Tensor,
@@ -127,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(args.out)
     p = load_protocol(out)
-    catalogue = arm_catalogue(p.timesteps)
+    catalogue = arm_catalogue(p.timesteps, p.context_base)
     if args.arm not in catalogue:
         ap.error(f"unknown arm {args.arm!r}; see ablation.py --list-arms")
     n = p.n_samples if args.n_samples is None else args.n_samples
@@ -145,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"arm": args.arm, "seed": args.seed, "step": step, "n_samples": n,
               "sample_steps": p.sample_steps, "sample_seed": sample_seed,
               **memorisation(samples, images, args.quantile),
-              "seconds": time.perf_counter() - t0, "machine": machine(),
+              "seconds": time.perf_counter() - t0, "machine": machine_cores(),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     store = out / "memorisation.json"
     records = json.loads(store.read_text()) if store.is_file() else []

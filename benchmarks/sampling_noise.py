@@ -25,31 +25,32 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import (  # noqa: E402
+from ablation_eval import Evaluator, make_extractor  # noqa: E402
+from ablation_run import latest_step, restore  # noqa: E402
+from ablation_setup import (  # noqa: E402
     BASELINE,
-    Evaluator,
+    Protocol,
     arm_catalogue,
-    atomic_json,
-    finite_summary,
-    latest_step,
     load_data,
     load_protocol,
-    machine,
-    make_extractor,
-    restore,
-    sample_sd,
-    signed,
     slug,
-    t_interval,
 )
+from common import atomic_json, machine_cores  # noqa: E402
+
+from conprediff.evaluation import finite_summary, paired_difference  # noqa: E402
 
 
 def _key(arm: str, seed: int, sample_seed: int) -> str:
     return f"{arm}|{seed}|{sample_seed}"
+
+
+def _ci(mean: float, low: float, high: float) -> str:
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
 def paired_report(records: dict[str, dict], sample_seeds: list[int], metric: str = "fid"
@@ -74,22 +75,17 @@ def paired_report(records: dict[str, dict], sample_seeds: list[int], metric: str
         seeds = sorted(s for s in by_seed if s in base)
         for ss in sample_seeds:
             ok = [s for s in seeds if ss in by_seed[s] and ss in base[s]]
-            d = [by_seed[s][ss] - base[s][ss] for s in ok]
-            if d:
-                m, lo, hi = t_interval(d)
-                ratio = np.mean([by_seed[s][ss] for s in ok]) / np.mean([base[s][ss] for s in ok])
-                lines.append(f"| {arm} | draw {ss} | {len(d)} | {signed(m, 2)} "
-                             f"[{signed(lo, 2)}, {signed(hi, 2)}] | "
-                             f"{sum(x < 0 for x in d)}/{len(d)} | {ratio:.3f} |")
+            if ok:
+                r = paired_difference([by_seed[s][ss] for s in ok], [base[s][ss] for s in ok])
+                lines.append(f"| {arm} | draw {ss} | {r.n} | {_ci(r.mean, r.low, r.high)} | "
+                             f"{r.n_favour}/{r.n} | {r.ratio_of_means:.3f} |")
         full = [s for s in seeds if all(ss in by_seed[s] and ss in base[s] for ss in sample_seeds)]
         if full:
-            a = [np.mean([by_seed[s][ss] for ss in sample_seeds]) for s in full]
-            b = [np.mean([base[s][ss] for ss in sample_seeds]) for s in full]
-            d = [x - y for x, y in zip(a, b, strict=True)]
-            m, lo, hi = t_interval(d)
-            lines.append(f"| {arm} | **mean of {len(sample_seeds)} draws** | {len(d)} | "
-                         f"**{signed(m, 2)} [{signed(lo, 2)}, {signed(hi, 2)}]** | "
-                         f"{sum(x < 0 for x in d)}/{len(d)} | {np.mean(a) / np.mean(b):.3f} |")
+            r = paired_difference([np.mean([by_seed[s][ss] for ss in sample_seeds]) for s in full],
+                                  [np.mean([base[s][ss] for ss in sample_seeds]) for s in full])
+            lines.append(f"| {arm} | **mean of {len(sample_seeds)} draws** | {r.n} | "
+                         f"**{_ci(r.mean, r.low, r.high)}** | {r.n_favour}/{r.n} | "
+                         f"{r.ratio_of_means:.3f} |")
         mism = {(steps[arm, s], steps[BASELINE, s]) for s in seeds}
         if any(x != y for x, y in mism):
             lines.append(f"| {arm} | (steps arm/baseline: "
@@ -97,7 +93,7 @@ def paired_report(records: dict[str, dict], sample_seeds: list[int], metric: str
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="outputs/ablation/digits", help="an ablation output folder")
     ap.add_argument("--arms", nargs="+", default=None,
@@ -110,72 +106,46 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--first-sample-seed", type=int, default=10_000)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cache-dir", default=None, help="feature classifier cache")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    out = Path(args.out)
-    p = load_protocol(out)
-    catalogue = arm_catalogue(p.timesteps)
-    slugs = {slug(name): name for name in catalogue}
-    images, labels = load_data(p.dataset, p.size)
-    evaluate = Evaluator(make_extractor(p, images, labels, args.cache_dir, args.device), images,
-                         p.kid_subset_size)
+
+def draw_path(out: Path, arm: str, seed: int, sample_seed: int) -> Path:
+    """Where the features of one draw are kept (float32 ``.npy``)."""
+    return out / "sampling_noise" / slug(arm) / f"seed{seed}" / f"draw{sample_seed}.npy"
+
+
+def resample(out: Path, p: Protocol, arm: str, seed: int, step: int, todo: list[int],
+             images: Any, evaluate: Evaluator, records: dict[str, dict], device: str) -> None:
+    """Sample the run's newest checkpoint with each sampling seed in ``todo`` and record the
+    metrics of each draw (``records`` is saved to disk after each)."""
+    model, _ = restore(p, arm_catalogue(p.timesteps, p.context_base)[arm], seed,
+                       out / "checkpoints" / slug(arm) / f"seed{seed}", images, device)
     mu_real = evaluate.real.mean(0)
-    sample_seeds = args.sample_seeds or list(
-        range(args.first_sample_seed, args.first_sample_seed + args.n_seeds))
-    store = out / "sampling_noise.json"
-    records: dict[str, dict] = json.loads(store.read_text()) if store.exists() else {}
+    for s in todo:
+        t0 = time.perf_counter()
+        f = evaluate.features(model.sample(p.n_samples, steps=p.sample_steps, seed=s))
+        feat_path = draw_path(out, arm, seed, s)
+        feat_path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(feat_path, f.astype(np.float32))
+        m = evaluate(f)
+        records[_key(arm, seed, s)] = {
+            "arm": arm, "seed": seed, "step": step, "sample_seed": s,
+            "fid": m["fid"],
+            **{k: m[k] for k in ("fid_class_balanced", "class_tv") if k in m},
+            "mean_term": float(((f.mean(0) - mu_real) ** 2).sum()),
+            "seconds": time.perf_counter() - t0,
+        }
+        atomic_json(out / "sampling_noise.json", records)
 
-    # class metrics for draws recorded before they were computed, from the saved features
-    for r in records.values():
-        feat_path = (out / "sampling_noise" / slug(r["arm"]) / f"seed{r['seed']}"
-                     / f"draw{r['sample_seed']}.npy")
-        if "fid_class_balanced" not in r and feat_path.is_file():
-            r.update(evaluate.class_metrics(np.load(feat_path).astype(np.float64)))
-    atomic_json(store, records)
 
-    done_runs = []
-    for arm_dir in sorted((out / "checkpoints").iterdir()):
-        arm = slugs.get(arm_dir.name)
-        if arm is None or (args.arms and arm not in args.arms):
-            continue
-        for seed_dir in sorted(arm_dir.glob("seed*")):
-            seed = int(seed_dir.name[4:])
-            step = latest_step(seed_dir)
-            if step == 0 or (args.seeds is not None and seed not in args.seeds):
-                continue
-            todo = [s for s in sample_seeds
-                    if records.get(_key(arm, seed, s), {}).get("step") != step]
-            if todo:
-                model, _ = restore(p, catalogue[arm], seed, seed_dir, images, args.device)
-                for s in todo:
-                    t0 = time.perf_counter()
-                    f = evaluate.features(model.sample(p.n_samples, steps=p.sample_steps, seed=s))
-                    feat_path = out / "sampling_noise" / slug(arm) / f"seed{seed}" / f"draw{s}.npy"
-                    feat_path.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(feat_path, f.astype(np.float32))
-                    m = evaluate(f)
-                    records[_key(arm, seed, s)] = {
-                        "arm": arm, "seed": seed, "step": step, "sample_seed": s,
-                        "fid": m["fid"],
-                        **{k: m[k] for k in ("fid_class_balanced", "class_tv") if k in m},
-                        "mean_term": float(((f.mean(0) - mu_real) ** 2).sum()),
-                        "seconds": time.perf_counter() - t0,
-                    }
-                    atomic_json(store, records)
-            fids = [records[_key(arm, seed, s)]["fid"] for s in sample_seeds]
-            done_runs.append((arm, seed, step))
-            print(f"{arm:<14} seed {seed} step {step}: FID {np.mean(fids):.2f} +- "
-                  f"{sample_sd(fids):.2f} over "
-                  f"sampling seeds {sample_seeds}: {', '.join(f'{x:.2f}' for x in fids)}",
-                  flush=True)
-
-    if not done_runs:
-        raise SystemExit(f"no checkpoints under {out / 'checkpoints'}")
-    print(f"\n{machine()}; {p.n_samples} DDIM-{p.sample_steps} samples per FID, sampling seeds "
-          f"{sample_seeds}")
+def print_tables(records: dict[str, dict], done_runs: list[tuple[str, int, int]],
+                 sample_seeds: list[int], p: Protocol) -> None:
+    """The pooled sampling noise, the table of runs and the paired differences."""
+    print(f"\n{machine_cores()}; {p.n_samples} DDIM-{p.sample_steps} samples per FID, sampling "
+          f"seeds {sample_seeds}")
     if len(sample_seeds) > 1:
         for metric in ("fid", "fid_class_balanced"):
-            variances = [sample_sd(v) ** 2 for v in (
+            variances = [finite_summary(v)[1] ** 2 for v in (
                 [records[_key(a, s, ss)].get(metric, math.nan) for ss in sample_seeds]
                 for a, s, _ in done_runs)]
             print(f"pooled within-checkpoint s.d. of {metric} (sampling noise alone): "
@@ -197,6 +167,49 @@ def main(argv: list[str] | None = None) -> None:
     mine = {k: r for k, r in records.items() if (r["arm"], r["seed"]) in wanted}
     for metric in ("fid", "fid_class_balanced", "class_tv"):
         print("\n".join(paired_report(mine, sample_seeds, metric)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out)
+    p = load_protocol(out)
+    slugs = {slug(name): name for name in arm_catalogue(p.timesteps, p.context_base)}
+    images, labels = load_data(p.dataset, p.size)
+    evaluate = Evaluator(make_extractor(p, images, labels, args.cache_dir, args.device), images,
+                         p.kid_subset_size)
+    sample_seeds = args.sample_seeds or list(
+        range(args.first_sample_seed, args.first_sample_seed + args.n_seeds))
+    store = out / "sampling_noise.json"
+    records: dict[str, dict] = json.loads(store.read_text()) if store.exists() else {}
+    # class metrics for draws recorded before they were computed, from the saved features
+    for r in records.values():
+        feat_path = draw_path(out, r["arm"], r["seed"], r["sample_seed"])
+        if "fid_class_balanced" not in r and feat_path.is_file():
+            r.update(evaluate.class_metrics(np.load(feat_path).astype(np.float64)))
+    atomic_json(store, records)
+
+    done_runs = []
+    for arm_dir in sorted((out / "checkpoints").iterdir()):
+        arm = slugs.get(arm_dir.name)
+        if arm is None or (args.arms and arm not in args.arms):
+            continue
+        for seed_dir in sorted(arm_dir.glob("seed*")):
+            seed = int(seed_dir.name[4:])
+            step = latest_step(seed_dir)
+            if step == 0 or (args.seeds is not None and seed not in args.seeds):
+                continue
+            todo = [s for s in sample_seeds
+                    if records.get(_key(arm, seed, s), {}).get("step") != step]
+            if todo:
+                resample(out, p, arm, seed, step, todo, images, evaluate, records, args.device)
+            fids = [records[_key(arm, seed, s)]["fid"] for s in sample_seeds]
+            done_runs.append((arm, seed, step))
+            print(f"{arm:<14} seed {seed} step {step}: FID {np.mean(fids):.2f} +- "
+                  f"{finite_summary(fids)[1]:.2f} over sampling seeds {sample_seeds}: "
+                  f"{', '.join(f'{x:.2f}' for x in fids)}", flush=True)
+    if not done_runs:
+        raise SystemExit(f"no checkpoints under {out / 'checkpoints'}")
+    print_tables(records, done_runs, sample_seeds, p)
 
 
 if __name__ == "__main__":

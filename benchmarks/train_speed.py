@@ -44,15 +44,8 @@ def make_step(model, call, schedule, batch):
     return step
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default="outputs/benchmarks")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def models() -> list[tuple[str, torch.nn.Module, torch.nn.Module]]:
+    """Pairs (label, ours, diffusers') of UNets of the same shape."""
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
@@ -78,31 +71,12 @@ def main() -> None:
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     )
-    schedule = NoiseSchedule("linear", 1000)
-    batch = torch.rand(64, 1, 28, 28) * 2 - 1
+    return [("mid attention only", ours, theirs), ("+ attention at 7x7", ours_attn, theirs_attn)]
 
-    def ours_call(m, x, t):
-        return m(x, t)[0]
 
-    def theirs_call(m, x, t):
-        return m(x, t).sample
-
-    pairs = [("mid attention only", ours, theirs), ("+ attention at 7x7", ours_attn, theirs_attn)]
-    runs = {}
-    for label, a, b in pairs:
-        runs[f"ours, {label} ({n_params(a) / 1e6:.2f}M)"] = make_step(a, ours_call, schedule, batch)
-        runs[f"diffusers, {label} ({n_params(b) / 1e6:.2f}M)"] = make_step(
-            b, theirs_call, schedule, batch
-        )
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.warmup):
-        for step in runs.values():
-            step()
-    for _ in range(args.repeats):
-        for name, step in runs.items():
-            times[name].append(step())
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    names = list(runs)
+def table(med: dict[str, float], args: argparse.Namespace) -> str:
+    """Markdown: the machine, then each pair's median milliseconds per step and their ratio."""
+    names = list(med)
     cpu = next(
         (
             ln.split(":", 1)[1].strip()
@@ -122,7 +96,41 @@ def main() -> None:
         a, b = names[i], names[i + 1]
         lines.append(f"| {a} | {med[a]:.0f} | **{med[a] / med[b]:.2f}** |")
         lines.append(f"| {b} | {med[b]:.0f} | 1.00 |")
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default="outputs/benchmarks")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    schedule = NoiseSchedule("linear", 1000)
+    batch = torch.rand(64, 1, 28, 28) * 2 - 1
+
+    def ours_call(m, x, t):
+        return m(x, t)[0]
+
+    def theirs_call(m, x, t):
+        return m(x, t).sample
+
+    runs = {}
+    for label, a, b in models():
+        runs[f"ours, {label} ({n_params(a) / 1e6:.2f}M)"] = make_step(a, ours_call, schedule, batch)
+        runs[f"diffusers, {label} ({n_params(b) / 1e6:.2f}M)"] = make_step(
+            b, theirs_call, schedule, batch
+        )
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(args.warmup):
+        for step in runs.values():
+            step()
+    for _ in range(args.repeats):
+        for name, step in runs.items():
+            times[name].append(step())
+    text = table({k: statistics.median(v) * 1e3 for k, v in times.items()}, args)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,7 @@
-"""Helpers of the hand-run benchmarks (``benchmarks/``) whose numbers go into the docs."""
+"""Plumbing of the hand-run benchmarks (``benchmarks/``) whose numbers go into the docs.
+
+The paired-seed statistics they report are library code, tested in ``tests/test_paired.py``.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,6 @@ from ablation import (  # noqa: E402
     config_key,
     context_base_text,
     equal_time_rows,
-    finite_summary,
     load_protocol,
     load_results,
     main,
@@ -61,14 +63,6 @@ def test_memorisation_tells_copies_from_new_samples():
     fresh = memorisation(torch.rand(100, 1, 4, 4, generator=g) * 2 - 1, train)
     assert fresh["share_below_quantile"] < 0.2
     assert fresh["sample_nn_median"] == pytest.approx(fresh["train_nn_median"], rel=0.3)
-
-
-def test_finite_summary_ignores_missing_values():
-    assert finite_summary([1.0, math.nan, 3.0]) == (2.0, pytest.approx(math.sqrt(2)), 2)
-    mean, sd, n = finite_summary([math.nan, None])
-    assert math.isnan(mean) and math.isnan(sd) and n == 0
-    mean, sd, n = finite_summary([4.0])
-    assert mean == 4.0 and math.isnan(sd) and n == 1
 
 
 def test_read_floor_rejects_other_versions_and_sizes(tmp_path):
