@@ -71,10 +71,8 @@ def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
 
 
 def _alpha_sigma(schedule: NoiseSchedule, t: int) -> tuple[float, float]:
-    r""":math:`(\alpha_t, \sigma_t) = (\sqrt{\bar\alpha_t}, \sqrt{1-\bar\alpha_t})` in float64;
-    ``(1, 0)`` at ``t = -1``."""
-    if t < 0:
-        return 1.0, 0.0
+    r""":math:`(\alpha_t, \sigma_t) = (\sqrt{\bar\alpha_t}, \sqrt{1-\bar\alpha_t})` in float64,
+    ``t >= 0``."""
     ab = float(schedule.alpha_bar[t])
     return math.sqrt(ab), math.sqrt(1.0 - ab)
 
@@ -133,16 +131,19 @@ def step_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, t: int, t_prev: int, *,
         D = \Big(1 + \frac{1}{2r}\Big)\hat x_0(t) - \frac{1}{2r}\hat x_0(s), \qquad
         x_{t'} = \frac{\sigma_{t'}}{\sigma_t} x_t - \alpha_{t'}\big(e^{-h} - 1\big) D.
 
-    Without history (``state`` None: the first step, or after a RePaint jump) and on the final
-    step to ``t_prev = -1`` it takes the first-order step, which is the DDIM step with
-    :math:`\eta = 0` (the final one returns :math:`\hat x_0`, as diffusers' ``lower_order_final``).
+    Without history (``state`` None: the first step, or after a RePaint jump) and on the last
+    steps, into ``t_prev = 0`` and from it to the clean sample (``t_prev = -1``), it takes the
+    first-order step, which is the DDIM step with :math:`\eta = 0` (the final one returns
+    :math:`\hat x_0`). The step into ``t = 0`` (where :math:`\bar\alpha_0` is close to 1) is
+    the grid's last real step, which diffusers' ``lower_order_final`` also takes in first order:
+    a second-order step over its long :math:`h` extrapolates far and loses accuracy.
     ``state`` is ``(x0_hat, t)`` of the previous step. ``x`` ``(B, C, H, W)``; returns
     ``(x_prev, x0_hat, (x0_hat, t))``.
     """
     schedule = denoiser.schedule
     tt = _times(x, t)
     x0, eps = denoiser(x, tt)
-    if state is None or t_prev < 0:
+    if state is None or t_prev <= 0:
         return ddim_update(x0, eps, x, tt, _times(x, t_prev), schedule), x0, (x0, t)
     x0_last, t_last = state
     lam, lam_prev = _log_snr(schedule, t), _log_snr(schedule, t_prev)
@@ -158,10 +159,9 @@ def step_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, t: int, t_prev: int, *,
 STEPS: dict[str, StepFn] = {"ddim": step_ddim, "ddpm": step_ddpm, "dpmpp_2m": step_dpmpp_2m}
 
 
-def is_full_chain(timesteps: Sequence[int]) -> bool:
-    """True when the grid visits every time down to 0 (``t_prev = t - 1`` at every step)."""
-    ts = [int(t) for t in timesteps]
-    return all(a - b == 1 for a, b in zip(ts, [*ts[1:], -1], strict=True))
+def is_full_chain(timesteps: Sequence[int], schedule: NoiseSchedule) -> bool:
+    """True when the grid is every time ``T - 1, ..., 0`` of ``schedule`` (no respacing)."""
+    return [int(t) for t in timesteps] == list(range(schedule.timesteps - 1, -1, -1))
 
 
 def _options(name: str, eta: float) -> dict[str, Any]:
@@ -175,16 +175,18 @@ def _options(name: str, eta: float) -> dict[str, Any]:
     return {}
 
 
-def reverse_step(name: str, timesteps: Sequence[int], *, eta: float = 0.0) -> StepFn:
+def reverse_step(
+    name: str, timesteps: Sequence[int], schedule: NoiseSchedule, *, eta: float = 0.0
+) -> StepFn:
     """The single step the sampler ``name`` takes on the grid ``timesteps``, its options bound.
 
-    ``'ddim'`` gets ``eta``; ``'ddpm'`` takes the posterior form on the full chain
-    (:func:`is_full_chain`) and the DDIM step with :math:`\\eta = 1` on a respaced grid;
-    ``'dpmpp_2m'`` has no options. ``eta`` other than 0 is a ValueError for the latter two.
+    ``'ddim'`` gets ``eta``; ``'ddpm'`` takes the posterior form on the full chain of
+    ``schedule`` (:func:`is_full_chain`) and the DDIM step with :math:`\\eta = 1` on a respaced
+    grid; ``'dpmpp_2m'`` has no options. ``eta`` other than 0 is a ValueError for the latter two.
     """
     options = _options(name, eta)
     if name == "ddpm":
-        options["posterior"] = is_full_chain(timesteps)
+        options["posterior"] = is_full_chain(timesteps, schedule)
     return partial(STEPS[name], **options)
 
 
@@ -229,7 +231,7 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, timesteps: Sequence[int], *
                 generator: torch.Generator | None = None, callback: Callback | None = None,
                 eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021); ``eta`` 0 is deterministic; ``x`` ``(B, C, H, W)`` -> same."""
-    step = reverse_step("ddim", timesteps, eta=eta)
+    step = reverse_step("ddim", timesteps, denoiser.schedule, eta=eta)
     return run_steps(step, denoiser, x, timesteps, generator=generator, callback=callback)
 
 
@@ -238,7 +240,7 @@ def sample_ddpm(denoiser: Denoiser, x: torch.Tensor, timesteps: Sequence[int], *
                 generator: torch.Generator | None = None, callback: Callback | None = None
                 ) -> torch.Tensor:
     """Ancestral DDPM (Ho et al. 2020), respaced (Nichol & Dhariwal 2021); ``(B, C, H, W)``."""
-    step = reverse_step("ddpm", timesteps)
+    step = reverse_step("ddpm", timesteps, denoiser.schedule)
     return run_steps(step, denoiser, x, timesteps, generator=generator, callback=callback)
 
 

@@ -275,7 +275,7 @@ def repaint(
     descent = ddim_timesteps(schedule.timesteps, steps)
     grid = descent[::-1]
     times = repaint_schedule(steps, jump_length, jump_n_sample)
-    step = reverse_step(sampler, descent)
+    step = reverse_step(sampler, descent, schedule)
     image = image.to(device)
     mask = as_mask(mask, tuple(image.shape)).to(device)
     if not bool(mask.any()):
