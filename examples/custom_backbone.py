@@ -84,9 +84,10 @@ class SmallDenoiser(nn.Module):
 
 
 class ConfigurableDenoiser(SmallDenoiser):
-    """:class:`SmallDenoiser` with ``get_params``: the estimator rebuilds it from its arguments
-    (seeded), ``clone`` and ``set_params(backbone__width=...)`` reach it, and a saved file
-    describes it, so ``load`` needs the class (``classes=[...]``), not an instance."""
+    """:class:`SmallDenoiser` with ``get_params``: ``fit`` rebuilds it from its arguments
+    (initialised from ``seed``), ``sklearn.base.clone`` and ``get_params(deep=True)`` reach it,
+    and a saved file describes it, so ``load`` needs the class (``classes=[...]``), not an
+    instance."""
 
     def get_params(self, deep: bool = True) -> dict:
         return {"in_channels": self.in_channels, "width": self.width,
