@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ._validation import check_int
+
 __all__ = ["timestep_embedding", "TimestepEmbedding"]
 
 
@@ -54,6 +56,8 @@ class TimestepEmbedding(nn.Module):
 
     def __init__(self, sinusoidal_dim: int, out_dim: int):
         super().__init__()
+        sinusoidal_dim = check_int(sinusoidal_dim, "sinusoidal_dim", 1)
+        out_dim = check_int(out_dim, "out_dim", 1)
         self.sinusoidal_dim = sinusoidal_dim
         self.mlp = nn.Sequential(
             nn.Linear(sinusoidal_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._validation import check_data_range, check_int
+
 __all__ = ["image_grid", "save_image_grid", "plot_loss", "plot_inpainting"]
 
 
@@ -19,12 +21,18 @@ def image_grid(
 ) -> np.ndarray:
     """Tile images ``(N, C, H, W)`` into one uint8 array ``(rows*(H+p)+p, cols*(W+p)+p, C)``.
 
-    Values are mapped from ``data_range`` to 0-255 and clipped; ``scale`` repeats pixels.
+    Values are mapped from ``data_range`` to 0-255 and clipped; ``scale`` repeats pixels;
+    ``nrow`` images per row (default: about the square root of ``N``).
     """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a (N, C, H, W) tensor, got {type(images).__name__}")
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    nrow = check_int(nrow, "nrow", 1, optional=True)
+    padding = check_int(padding, "padding", 0)
+    scale = check_int(scale, "scale", 1)
+    lo, hi = check_data_range(data_range)
     x = images.detach().float().cpu()
-    lo, hi = data_range
     x = ((x - lo) / (hi - lo)).clamp(0, 1)
     if scale > 1:
         x = x.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
@@ -81,6 +89,7 @@ def plot_loss(history: dict[str, list[float]], path: str | Path, window: int = 5
     The point loss is drawn on the left axis; with context prediction, the W2² term (before the
     λ_t weighting) is drawn in a second panel so both can be seen to fall.
     """
+    window = check_int(window, "window", 1)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -8,7 +8,7 @@ A schedule fixes the forward process
     \qquad t = 0, \dots, T - 1,
 
 through the cumulative product :math:`\bar\alpha_t = \prod_{s \le t} (1 - \beta_s)`.
-This module imports nothing else from conprediff.
+This module imports nothing else from conprediff but its input checks.
 
 Timesteps are integers in ``[0, T)``: ``t = 0`` is the least noisy step (its :math:`x_{t-1}` is
 the clean sample :math:`x_0`), ``t = T - 1`` the noisiest.
@@ -17,12 +17,20 @@ the clean sample :math:`x_0`), ``t = T - 1`` the noisiest.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from sklearn.base import BaseEstimator
 
-__all__ = ["NoiseSchedule", "linear_betas", "cosine_betas", "sigmoid_betas", "make_betas"]
+from conprediff._validation import check_choice, check_int
+
+__all__ = [
+    "NoiseSchedule",
+    "cosine_betas",
+    "gather",
+    "linear_betas",
+    "make_betas",
+    "sigmoid_betas",
+]
 
 
 def linear_betas(
@@ -39,6 +47,7 @@ def linear_betas(
     torch.Tensor
         ``(T,)`` float64 betas in ``(0, max_beta]``.
     """
+    timesteps = check_int(timesteps, "timesteps", 1)
     scale = 1000.0 / timesteps
     betas = torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64)
     return betas.clamp(max=max_beta)
@@ -58,6 +67,7 @@ def cosine_betas(timesteps: int, s: float = 8e-3, max_beta: float = 0.999) -> to
     torch.Tensor
         ``(T,)`` float64 betas in ``(0, max_beta]``.
     """
+    timesteps = check_int(timesteps, "timesteps", 1)
     steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     alpha_bar = f / f[0]
@@ -83,6 +93,7 @@ def sigmoid_betas(
     torch.Tensor
         ``(T,)`` float64 betas in ``(0, max_beta]``.
     """
+    timesteps = check_int(timesteps, "timesteps", 1)
     steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
     v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
     v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
@@ -96,18 +107,40 @@ _BETAS = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_bet
 
 
 def make_betas(kind: str, timesteps: int) -> torch.Tensor:
-    """Betas of a named schedule: ``'linear'``, ``'cosine'`` or ``'sigmoid'``; ``(T,)`` float64."""
-    if kind not in _BETAS:
-        raise ValueError(f"schedule kind must be one of {sorted(_BETAS)}, got {kind!r}")
-    if isinstance(timesteps, bool) or not isinstance(timesteps, numbers.Integral) or timesteps < 2:
-        raise ValueError(f"timesteps must be an integer >= 2, got {timesteps!r}")
-    return _BETAS[kind](int(timesteps))
+    """Betas of a named schedule: ``'linear'``, ``'cosine'`` or ``'sigmoid'``; ``(T,)`` float64.
+
+    Raises ``TypeError`` for a ``kind`` that is not a string or ``timesteps`` that is not an
+    integer, ``ValueError`` for an unknown ``kind`` or ``timesteps < 2``.
+    """
+    check_choice(kind, "schedule kind", sorted(_BETAS))
+    return _BETAS[kind](check_int(timesteps, "timesteps", 2))
 
 
-def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``values[t]`` reshaped to broadcast against ``like`` ``(B, ...)``, in ``like``'s dtype."""
+def gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    r"""Per-timestep coefficients :math:`c_t`, broadcast to the shape of ``like``.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        ``(T,)`` table of a coefficient over the timesteps (e.g. ``schedule.alpha_bar``).
+    t : torch.Tensor
+        ``(B,)`` integer timesteps, one per sample of ``like``.
+    like : torch.Tensor
+        ``(B, ...)`` the tensor the coefficients will multiply.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 1, ..., 1)`` (as many singleton axes as ``like`` has after the first):
+        ``values[t[b]]`` in row ``b``, in ``like``'s dtype and on its device, so
+        ``gather(values, t, x) * x`` scales each sample by its own timestep's coefficient.
+    """
     out = values.to(like.device)[t.to(like.device).long()]
     return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+#: The former private name of :func:`gather`, kept for the modules that still import it.
+_gather = gather
 
 
 class NoiseSchedule(BaseEstimator):
@@ -115,10 +148,10 @@ class NoiseSchedule(BaseEstimator):
 
     Parameters
     ----------
-    kind : {'linear', 'cosine', 'sigmoid'}
+    kind : {'linear', 'cosine', 'sigmoid'}, default='cosine'
         The beta schedule.
-    timesteps : int
-        Number of diffusion steps ``T``.
+    timesteps : int, default=1000
+        Number of diffusion steps ``T``, at least 2 (checked when the tables are first used).
 
     Attributes
     ----------
@@ -215,7 +248,7 @@ class NoiseSchedule(BaseEstimator):
         torch.Tensor
             ``(B, ...)`` noisy samples, in ``x0``'s dtype.
         """
-        ab = _gather(self.alpha_bar, t, x0)
+        ab = gather(self.alpha_bar, t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
     def posterior(
@@ -244,30 +277,30 @@ class NoiseSchedule(BaseEstimator):
             ``(B, 1, ..., 1)``, broadcastable against ``mean``; zero at ``t = 0``.
         """
         tab = self._tables()
-        b = _gather(tab["betas"], t, x0)
-        ab = _gather(tab["alpha_bar"], t, x0)
-        ab_prev = _gather(tab["alpha_bar_prev"], t, x0)
-        a = _gather(tab["alphas"], t, x0)
+        b = gather(tab["betas"], t, x0)
+        ab = gather(tab["alpha_bar"], t, x0)
+        ab_prev = gather(tab["alpha_bar_prev"], t, x0)
+        a = gather(tab["alphas"], t, x0)
         coef0 = ab_prev.sqrt() * b / (1 - ab)
         coeft = a.sqrt() * (1 - ab_prev) / (1 - ab)
-        return coef0 * x0 + coeft * xt, _gather(tab["posterior_variance"], t, x0)
+        return coef0 * x0 + coeft * xt, gather(tab["posterior_variance"], t, x0)
 
     def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         r"""Clean sample: :math:`\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)
         / \sqrt{\bar\alpha_t}`; shapes as ``xt``."""
-        ab = _gather(self.alpha_bar, t, xt)
+        ab = gather(self.alpha_bar, t, xt)
         return (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
 
     def predict_eps(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         r"""Noise from clean sample: :math:`\hat\varepsilon = (x_t - \sqrt{\bar\alpha_t}\,\hat x_0)
         / \sqrt{1-\bar\alpha_t}`; shapes as ``xt``."""
-        ab = _gather(self.alpha_bar, t, xt)
+        ab = gather(self.alpha_bar, t, xt)
         return (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
 
     def velocity(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         r"""The v-target :math:`v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0`
         (Salimans & Ho 2022)."""
-        ab = _gather(self.alpha_bar, t, x0)
+        ab = gather(self.alpha_bar, t, x0)
         return ab.sqrt() * noise - (1 - ab).sqrt() * x0
 
     def split_v(
@@ -276,5 +309,5 @@ class NoiseSchedule(BaseEstimator):
         r"""Recover :math:`(\hat x_0, \hat\varepsilon)` from a v-prediction:
         :math:`\hat x_0 = \sqrt{\bar\alpha_t} x_t - \sqrt{1-\bar\alpha_t} v`,
         :math:`\hat\varepsilon = \sqrt{1-\bar\alpha_t} x_t + \sqrt{\bar\alpha_t} v`."""
-        ab = _gather(self.alpha_bar, t, xt)
+        ab = gather(self.alpha_bar, t, xt)
         return ab.sqrt() * xt - (1 - ab).sqrt() * v, (1 - ab).sqrt() * xt + ab.sqrt() * v

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
@@ -234,10 +235,27 @@ def test_paths_run_finite_nonnegative(decoder, channels):
     assert out.loss.ndim == 0 and out.w2.ndim == 0 and not out.w2.requires_grad
     assert torch.isfinite(out.loss) and out.w2 >= 0
     assert out.loss.item() == pytest.approx(2 * out.w2.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["sampled", "gaussian"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_bf16_autocast_is_close_to_float32_and_trains_the_decoder(decoder, channels):
+    """Under bf16 autocast the term is float32, within bf16's precision of the float32 term on
+    the same points and noise, and every decoder parameter gets a finite, non-zero gradient."""
+    feats, t, x0 = toy(channels=channels)
+    head = ContextPrediction(strides=(1, 2), decoder=decoder, weight=2.0).build(3, channels)
+    torch.manual_seed(0)  # SlicedW2 (two channels) draws its directions from the global stream
+    ref = head(feats, t, x0, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = head(feats, t, x0)
-    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss) and out.w2 >= 0
+        out = head(feats, t, x0, generator=torch.Generator().manual_seed(0))
+    assert out.loss.dtype == torch.float32 and out.w2.dtype == torch.float32
+    assert out.loss.item() == pytest.approx(ref.loss.item(), rel=0.01)
+    assert out.w2.item() == pytest.approx(ref.w2.item(), rel=0.01)
     out.loss.backward()
+    for name, param in head.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
 
 
 def test_default_samples_equal_largest_neighbourhood():
@@ -278,32 +296,50 @@ def test_params_nested_and_clone():
 
 
 @pytest.mark.parametrize(
-    "kwargs,name",
+    "kwargs,name,error",
     [
-        ({"strides": ()}, "strides"),
-        ({"strides": (1, -2)}, "strides"),
-        ({"shape": "disc"}, "shape"),
-        ({"border": "zero"}, "border"),
-        ({"decoder": "mlp"}, "decoder"),
-        ({"decoder": 3}, "decoder"),
-        ({"decoder": lambda f, c: "not a module"}, "decoder"),
-        ({"latent_dim": 0}, "latent_dim"),
-        ({"hidden": 2.5}, "hidden"),
-        ({"n_samples": 0}, "n_samples"),
-        ({"metric": "emd"}, "metric"),
-        ({"metric": 3}, "metric"),
-        ({"decoder": "gaussian", "metric": "sorted"}, "metric"),
-        ({"weight": "high"}, "weight"),
-        ({"weight": -1.0}, "weight"),
-        ({"target": "eps"}, "target"),
-        ({"point_fraction": 0.0}, "point_fraction"),
-        ({"point_fraction": 1.5}, "point_fraction"),
+        ({"strides": ()}, "strides", ValueError),
+        ({"strides": (1, -2)}, "strides", ValueError),
+        ({"strides": (1, 2.0)}, "strides", TypeError),
+        ({"shape": "disc"}, "shape", ValueError),
+        ({"border": "zero"}, "border", ValueError),
+        ({"decoder": "mlp"}, "decoder", ValueError),
+        ({"decoder": 3}, "decoder", TypeError),
+        ({"decoder": lambda f, c: "not a module"}, "decoder", TypeError),
+        ({"latent_dim": 0}, "latent_dim", ValueError),
+        ({"hidden": 2.5}, "hidden", TypeError),
+        ({"n_samples": 0}, "n_samples", ValueError),
+        ({"metric": "emd"}, "metric", ValueError),
+        ({"metric": 3}, "metric", TypeError),
+        ({"decoder": "gaussian", "metric": "sorted"}, "metric", ValueError),
+        ({"decoder": "gaussian", "metric": 3}, "metric", TypeError),
+        ({"weight": "high"}, "weight", TypeError),
+        ({"weight": -1.0}, "weight", ValueError),
+        ({"target": "eps"}, "target", ValueError),
+        ({"target": None}, "target", TypeError),
+        ({"point_fraction": 0.0}, "point_fraction", ValueError),
+        ({"point_fraction": 1.5}, "point_fraction", ValueError),
+        ({"point_fraction": "all"}, "point_fraction", TypeError),
     ],
 )
-def test_build_validation_names_the_parameter(kwargs, name):
+def test_build_validation_names_the_parameter(kwargs, name, error):
     cp = ContextPrediction(**kwargs)  # the constructor only stores
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(error, match=name):
         cp.build(3, 1)
+
+
+@pytest.mark.parametrize("key", ["latent_dim", "hidden", "n_samples"])
+@pytest.mark.parametrize(
+    "value,error",
+    [(np.int64(4), None), (np.int32(4), None), (True, TypeError), (4.0, TypeError)],
+)
+def test_integer_parameters_take_numpy_integers_not_bools_or_floats(key, value, error):
+    cp = ContextPrediction(**{key: value})
+    if error is None:
+        assert isinstance(cp.build(np.int64(3), np.int32(1)), ContextHead)
+    else:
+        with pytest.raises(error, match=key):
+            cp.build(3, 1)
 
 
 def test_sorted_metric_rejected_for_several_channels():

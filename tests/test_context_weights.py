@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
@@ -66,10 +67,15 @@ def test_resolve_weight():
     assert isinstance(w, ConstantWeight) and w.value == 0.25
     d = DecayingWeight()
     assert resolve_weight(d) is d
-    with pytest.raises(ValueError, match="weight"):
+    with pytest.raises(TypeError, match="weight"):
         resolve_weight("big")
+    with pytest.raises(TypeError, match="weight"):
+        resolve_weight(True)
     with pytest.raises(ValueError, match="weight"):
         resolve_weight(-1.0)
+    with pytest.raises(ValueError, match="weight"):
+        resolve_weight(float("inf"))
+    assert resolve_weight(np.float32(0.5)).value == 0.5
 
 
 def test_validation_names_the_parameter():
@@ -77,10 +83,14 @@ def test_validation_names_the_parameter():
         ConstantWeight(-1.0)(t)
     with pytest.raises(ValueError, match="power"):
         DecayingWeight(power=-1.0)(t, SCHEDULE)
-    with pytest.raises(ValueError, match="t_max"):
+    with pytest.raises(TypeError, match="t_max"):
         TruncatedWeight(1.0, t_max=2.5)(t)
-    with pytest.raises(ValueError, match="base"):
+    with pytest.raises(TypeError, match="base"):
         TruncatedWeight("x", t_max=2)(t)
+    with pytest.raises(TypeError, match="value"):
+        ConstantWeight("1")(t)
+    with pytest.raises(TypeError, match="t must be"):
+        ConstantWeight(1.0)([0, 1])
 
 
 def test_params_and_clone():
@@ -98,7 +108,7 @@ def test_truncated_weight_window():
     assert lam.tolist() == [0.0, 0.0, 0.5, 0.5, 0.5, 0.0]
     with pytest.raises(ValueError, match="t_min must be <= t_max"):
         TruncatedWeight(1.0, t_max=2, t_min=3)(t)
-    with pytest.raises(ValueError, match="t_min must be an integer timestep"):
+    with pytest.raises(TypeError, match="t_min must be an integer"):
         TruncatedWeight(1.0, t_max=2, t_min=1.5)(t)
 
 
@@ -109,3 +119,17 @@ def test_truncated_weight_defaults_to_the_last_timestep_and_refuses_an_empty_win
         TruncatedWeight(0.5)(t)  # t_max=None is T - 1: needs the schedule
     with pytest.raises(ValueError, match=rf"holds none of the schedule's timesteps \[0, {T - 1}\]"):
         TruncatedWeight(0.5, t_max=5 * T, t_min=2 * T)(t, SCHEDULE)
+
+
+@pytest.mark.parametrize(
+    "bound,error",
+    [(np.int64(2), None), (np.int32(2), None), (True, TypeError), (2.0, TypeError)],
+)
+@pytest.mark.parametrize("key", ["t_min", "t_max"])
+def test_window_bounds_take_numpy_integers_not_bools_or_floats(key, bound, error):
+    weight = TruncatedWeight(0.5, **{"t_min": 0, "t_max": 9, key: bound})
+    if error is None:
+        assert weight(torch.tensor([0, 2, 3]), SCHEDULE).shape == (3,)
+    else:
+        with pytest.raises(error, match=key):
+            weight(torch.tensor([0, 2, 3]), SCHEDULE)

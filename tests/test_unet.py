@@ -1,5 +1,6 @@
 """UNet backbone and the backbone protocol."""
 
+import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
@@ -75,15 +76,50 @@ def test_group_norm_takes_a_divisor_of_any_channel_count(base, expected):
     groups = {m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)}
     assert groups == expected
     assert net(torch.randn(2, 1, 8, 8), torch.tensor([0, 5]))[0].shape == (2, 1, 8, 8)
-    with pytest.raises(ValueError, match="groups must be a positive integer"):
+    with pytest.raises(ValueError, match="groups must be an integer >= 1"):
         UNet(in_channels=1, groups=0)
 
 
 def test_numpy_integers_are_accepted():
-    import numpy as np
-
     net = UNet(np.int64(1), np.int64(8), (1, 2), heads=np.int64(2), groups=np.int32(4))
     assert net(torch.randn(1, 1, 8, 8), torch.tensor([0]))[0].shape == (1, 1, 8, 8)
+    assert type(net.base_channels) is int and type(net.heads) is int  # JSON-serialisable
+
+
+@pytest.mark.parametrize(
+    "key", ["in_channels", "base_channels", "num_res_blocks", "heads", "groups", "num_classes"]
+)
+@pytest.mark.parametrize(
+    "value,error", [(np.int64(2), None), (np.int32(2), None), (True, TypeError), (2.0, TypeError)]
+)
+def test_integer_arguments_take_numpy_integers_not_bools_or_floats(key, value, error):
+    kwargs = {"in_channels": 1, "base_channels": 8, "channel_mults": (1, 2), "heads": 2, key: value}
+    if error is not None:
+        with pytest.raises(error, match=key):
+            UNet(**kwargs)
+        return
+    net = UNet(**kwargs)
+    assert getattr(net, key) == 2 and type(getattr(net, key)) is int
+    x = torch.randn(1, net.in_channels, 8, 8)
+    assert net(x, torch.tensor([0]))[0].shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"channel_mults": (1, 2.0)}, TypeError, r"channel_mults\[1\]"),
+        ({"channel_mults": (1, 0)}, ValueError, r"channel_mults\[1\]"),
+        ({"channel_mults": 2}, TypeError, "channel_mults"),
+        ({"attention_levels": (-1,)}, ValueError, "attention_levels"),
+        ({"dropout": 1.5}, ValueError, "dropout"),
+        ({"dropout": "0.1"}, TypeError, "dropout"),
+        ({"features": None}, TypeError, "features"),
+        ({"base_channels": 0, "in_channels": None}, ValueError, "base_channels"),
+    ],
+)
+def test_bad_arguments_raise_by_the_rule(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        UNet(**{"in_channels": 1, **kwargs})
 
 
 def test_check_backbone_output_messages():
@@ -111,5 +147,5 @@ def test_mid_features_are_the_bottleneck_repeated_to_the_grid_and_change_nothing
     mid_net.mid2.register_forward_hook(lambda m, i, o: captured.setdefault("mid", o))
     mid_net(x, t)
     assert torch.equal(feats[..., ::4, ::4], captured["mid"])
-    with pytest.raises(ValueError, match="features must be 'output' or 'mid'"):
+    with pytest.raises(ValueError, match="features must be one of 'output', 'mid'"):
         UNet(in_channels=1, features="bottleneck")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from .._params import ModuleParamsMixin
+from .._validation import check_choice, check_int, check_real
 from ..layers import TimestepEmbedding
 
 __all__ = ["UNet"]
@@ -20,6 +20,17 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
     while channels % n:
         n -= 1
     return nn.GroupNorm(n, channels)
+
+
+def _check_levels(values: tuple[int, ...], name: str, minimum: int) -> tuple[int, ...]:
+    """``values`` as a tuple, each an integer ``>= minimum`` (the tuple itself if it is one)."""
+    try:
+        values = tuple(values)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of integers, got {values!r}") from None
+    for i, value in enumerate(values):
+        check_int(value, f"{name}[{i}]", minimum)
+    return values
 
 
 class ResBlock(nn.Module):
@@ -65,11 +76,12 @@ class SelfAttention(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (B, heads, HW, d)
-        h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        qkv = self.qkv(self.norm(x))  # (B, 3 C, H, W): [q | k | v], each heads x d channels
+        q, k, v = rearrange(
+            qkv, "b (qkv heads d) h w -> qkv b heads (h w) d", qkv=3, heads=self.heads
+        )
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H W, d)
+        h = rearrange(h, "b heads (h w) d -> b (heads d) h w", h=x.shape[2])
         return x + self.proj(h)
 
 
@@ -83,28 +95,28 @@ class UNet(ModuleParamsMixin, nn.Module):
 
     Parameters
     ----------
-    in_channels : int or None
+    in_channels : int or None, default=None
         Image channels ``C``. ``None`` lets :class:`~conprediff.estimator.ConPreDiffModel` set it
         from the data.
-    base_channels : int
+    base_channels : int, default=32
         Channels at full resolution; also ``feature_channels``.
-    channel_mults : tuple of int
+    channel_mults : tuple of int, default=(1, 2, 2)
         Channel multiplier per resolution level; each level after the first halves ``H`` and
         ``W``, so ``H`` and ``W`` must be divisible by ``2 ** (len(channel_mults) - 1)``.
-    num_res_blocks : int
+    num_res_blocks : int, default=1
         Residual blocks per level on the way down (one more on the way up, as in DDPM).
-    attention_levels : tuple of int
+    attention_levels : tuple of int, default=()
         Levels (0 = full resolution) with self-attention after each residual block; the middle
         block always has one.
-    heads : int
+    heads : int, default=4
         Attention heads; every width that has attention (the middle block, and the levels in
         ``attention_levels``) must be divisible by it.
-    dropout : float
-        Dropout inside the residual blocks.
-    groups : int
+    dropout : float, default=0.0
+        Dropout probability inside the residual blocks, in ``[0, 1]``.
+    groups : int, default=8
         GroupNorm groups: a layer of ``c`` channels uses the largest divisor of ``c`` that is at
         most ``groups`` (8 groups for 32 channels, 6 for 12, 5 for 10).
-    features : {'output', 'mid'}
+    features : {'output', 'mid'}, default='output'
         Which hidden map is returned as ``features`` (what a context decoder reads). 'output':
         the last one, one convolution before the prediction (the paper's choice). 'mid': the
         middle block's output (after attention, at the lowest resolution, ``base_channels *
@@ -112,12 +124,19 @@ class UNet(ModuleParamsMixin, nn.Module):
         then shapes the bottleneck's representation instead of pulling on the output layer's
         input. The prediction and the parameters are the same either way, so a baseline does
         not depend on it.
-    num_classes : int or None
+    num_classes : int or None, default=None
         If set, ``cond`` may be ``(B,)`` integer labels in ``[0, num_classes]``; the label
         ``num_classes`` means "no label", as does ``cond=None``: the unconditional model of
         classifier-free guidance. :class:`~conprediff.ConPreDiffModel` then trains on labels
         (``fit(images, y)``, with ``label_dropout``) and samples with ``labels`` and
         ``guidance_scale``.
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type (integers: Python or numpy integers, not ``bool``).
+    ValueError
+        An argument out of range (widths, blocks, heads, groups and classes at least 1).
 
     Examples
     --------
@@ -141,38 +160,30 @@ class UNet(ModuleParamsMixin, nn.Module):
         features: str = "output",
     ):
         super().__init__()
-        self.in_channels = in_channels
-        self.base_channels = base_channels
-        self.channel_mults = tuple(channel_mults)
-        self.num_res_blocks = num_res_blocks
-        self.attention_levels = tuple(attention_levels)
-        self.heads = heads
-        self.dropout = dropout
-        self.groups = groups
-        self.num_classes = num_classes
-        self.features = features
-        if features not in ("output", "mid"):
-            raise ValueError(f"features must be 'output' or 'mid', got {features!r}")
-        if in_channels is None:  # built by ConPreDiffModel once the data's channels are known
-            return
-        for name, value in (
-            ("in_channels", in_channels),
-            ("base_channels", base_channels),
-            ("num_res_blocks", num_res_blocks),
-            ("heads", heads),
-            ("groups", groups),
-        ):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.in_channels = check_int(in_channels, "in_channels", 1, optional=True)
+        self.base_channels = check_int(base_channels, "base_channels", 1)
+        self.channel_mults = _check_levels(channel_mults, "channel_mults", 1)
+        self.num_res_blocks = check_int(num_res_blocks, "num_res_blocks", 1)
+        self.attention_levels = _check_levels(attention_levels, "attention_levels", 0)
+        self.heads = check_int(heads, "heads", 1)
+        self.dropout = check_real(dropout, "dropout", 0.0, 1.0)
+        self.groups = check_int(groups, "groups", 1)
+        self.num_classes = check_int(num_classes, "num_classes", 1, optional=True)
+        self.features = check_choice(features, "features", ("output", "mid"))
         if not self.channel_mults:
             raise ValueError("channel_mults must not be empty")
+        if self.in_channels is not None:  # None: built by ConPreDiffModel from the data
+            self._build_layers()
 
+    def _build_layers(self) -> None:
+        """Create the layers (in a fixed order: the random initialisation depends on it)."""
+        base_channels, groups, dropout = self.base_channels, self.groups, self.dropout
         emb_dim = 4 * base_channels * self.channel_mults[0]
         self.time_embed = TimestepEmbedding(base_channels, emb_dim)
         self.class_embed = (
-            nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
+            nn.Embedding(self.num_classes + 1, emb_dim) if self.num_classes is not None else None
         )
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(self.in_channels, base_channels, 3, padding=1)
 
         chans = [base_channels * m for m in self.channel_mults]
         self.down = nn.ModuleList()
@@ -180,7 +191,7 @@ class UNet(ModuleParamsMixin, nn.Module):
         c = base_channels
         for level, c_out in enumerate(chans):
             blocks = nn.ModuleList()
-            for _ in range(num_res_blocks):
+            for _ in range(self.num_res_blocks):
                 blocks.append(self._block(c, c_out, emb_dim, level))
                 c = c_out
                 skips.append(c)
@@ -191,21 +202,21 @@ class UNet(ModuleParamsMixin, nn.Module):
             self.down.append(nn.ModuleDict({"blocks": blocks, **({"down": down} if down else {})}))
 
         self.mid1 = ResBlock(c, c, emb_dim, groups, dropout)
-        self.mid_attn = SelfAttention(c, heads, groups)
+        self.mid_attn = SelfAttention(c, self.heads, groups)
         self.mid2 = ResBlock(c, c, emb_dim, groups, dropout)
 
         self.up = nn.ModuleList()
         for level in reversed(range(len(chans))):
             c_out = chans[level]
             blocks = nn.ModuleList()
-            for _ in range(num_res_blocks + 1):
+            for _ in range(self.num_res_blocks + 1):
                 blocks.append(self._block(c + skips.pop(), c_out, emb_dim, level))
                 c = c_out
             up = nn.Conv2d(c, c, 3, padding=1) if level > 0 else None
             self.up.append(nn.ModuleDict({"blocks": blocks, **({"up": up} if up else {})}))
 
         self.norm_out = _norm(c, groups)
-        self.conv_out = nn.Conv2d(c, in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(c, self.in_channels, 3, padding=1)
 
     def _block(self, c_in: int, c_out: int, emb_dim: int, level: int) -> nn.Module:
         res = ResBlock(c_in, c_out, emb_dim, self.groups, self.dropout)

@@ -18,7 +18,7 @@ with :math:`e(t)` the sinusoidal timestep embedding and :math:`\log\sigma^2` cla
   distribution is exactly :math:`\mathcal{N}(A\mu_i + b,\ A\,\mathrm{diag}(\sigma_i^2) A^\top)` and
   needs no sampling.
 
-Both run on every point of a batch at every training step, so they are deliberately narrow.
+Both run on the chosen points of every training batch, so they are deliberately narrow.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from conprediff._validation import check_int
 from conprediff.layers import timestep_embedding
 
 __all__ = ["SampledDecoder", "GaussianDecoder", "LOGVAR_MIN", "LOGVAR_MAX"]
@@ -35,10 +36,9 @@ LOGVAR_MIN = -10.0
 LOGVAR_MAX = 4.0
 
 
-def _check_dims(**dims: int) -> None:
-    for name, value in dims.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+def _check_dims(**dims: int) -> list[int]:
+    """Each of ``dims`` as an ``int`` >= 1, in order (``TypeError`` / ``ValueError`` naming it)."""
+    return [check_int(value, name, 1) for name, value in dims.items()]
 
 
 class _GaussianLatent(nn.Module):
@@ -46,7 +46,7 @@ class _GaussianLatent(nn.Module):
 
     def __init__(self, in_features: int, latent_dim: int, hidden: int, time_dim: int):
         super().__init__()
-        _check_dims(
+        in_features, latent_dim, hidden, time_dim = _check_dims(
             in_features=in_features, latent_dim=latent_dim, hidden=hidden, time_dim=time_dim
         )
         self.in_features = in_features
@@ -143,11 +143,15 @@ class SampledDecoder(_GaussianLatent):
         output_hidden: int = 16,
     ):
         super().__init__(in_features, latent_dim, hidden, time_dim)
-        _check_dims(out_channels=out_channels, n_samples=n_samples, output_hidden=output_hidden)
+        out_channels, n_samples, output_hidden = _check_dims(
+            out_channels=out_channels, n_samples=n_samples, output_hidden=output_hidden
+        )
         self.out_channels = out_channels
         self.n_samples = n_samples
         self.output = nn.Sequential(
-            nn.Linear(latent_dim, output_hidden), nn.SiLU(), nn.Linear(output_hidden, out_channels)
+            nn.Linear(self.latent_dim, output_hidden),
+            nn.SiLU(),
+            nn.Linear(output_hidden, out_channels),
         )
         with torch.no_grad():
             nn.init.normal_(self.output[2].weight, std=0.01)
@@ -178,8 +182,7 @@ class SampledDecoder(_GaussianLatent):
         torch.Tensor
             ``(P, Q, L)``, differentiable in :math:`\mu` and :math:`\sigma`.
         """
-        q = self.n_samples if n_samples is None else n_samples
-        _check_dims(n_samples=q)
+        (q,) = _check_dims(n_samples=self.n_samples if n_samples is None else n_samples)
         mu, logvar = self.latent(h, t)
         eps = torch.randn(
             (mu.shape[0], q, mu.shape[1]), generator=generator, device=mu.device, dtype=mu.dtype
@@ -250,9 +253,9 @@ class GaussianDecoder(_GaussianLatent):
         time_dim: int = 32,
     ):
         super().__init__(in_features, latent_dim, hidden, time_dim)
-        _check_dims(out_channels=out_channels)
+        (out_channels,) = _check_dims(out_channels=out_channels)
         self.out_channels = out_channels
-        self.output = nn.Linear(latent_dim, out_channels)  # A, b
+        self.output = nn.Linear(self.latent_dim, out_channels)  # A, b
 
     def forward(self, h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Mean and covariance of the predicted Gaussian.
@@ -295,7 +298,7 @@ class GaussianDecoder(_GaussianLatent):
         torch.Tensor
             ``(P, Q, C)``.
         """
-        _check_dims(n_samples=n_samples)
+        (n_samples,) = _check_dims(n_samples=n_samples)
         mu, logvar = self.latent(h, t)
         eps = torch.randn(
             (mu.shape[0], n_samples, mu.shape[1]),

@@ -14,15 +14,17 @@ last hidden features. The head is used in training only: sampling never calls it
 from __future__ import annotations
 
 import inspect
-import numbers
 from typing import NamedTuple
 
 import torch
+from einops import rearrange, repeat
 from sklearn.base import BaseEstimator
 from torch import nn
 
+from conprediff._validation import check_choice, check_int, check_real
+from conprediff.context._checks import check_tensor
 from conprediff.context.decoders import GaussianDecoder, SampledDecoder
-from conprediff.context.neighborhoods import NeighborhoodSampler
+from conprediff.context.neighborhoods import Neighborhood, NeighborhoodSampler
 from conprediff.context.weights import resolve_weight
 from conprediff.wasserstein import GaussianW2, resolve_metric, weighted_moments
 
@@ -46,12 +48,6 @@ class ContextOutput(NamedTuple):
 
     loss: torch.Tensor
     w2: torch.Tensor
-
-
-def _positive_int(value, name: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _accepts_generator(module: nn.Module) -> bool:
@@ -82,9 +78,8 @@ class ContextPrediction(BaseEstimator):
         ``(h (P, F), t (P,)[, generator=...]) -> (P, Q, C)`` returns samples like
         :class:`SampledDecoder` (``generator`` is passed when its forward accepts it).
     latent_dim : int, default=8
-        Latent size of the built-in decoders. 8 rather than 16: the reparameterisation noise and
-        the output network run on ``P * Q`` rows, and 16 cost about 10 % more training time on
-        the overhead benchmark (``docs/benchmarks/context_overhead.md``).
+        Latent size ``L`` of the built-in decoders; set for cost (the reparameterisation noise and
+        the output network run on ``P * Q`` rows), see ``docs/benchmarks/context_overhead.md``.
     hidden : int, default=64
         Trunk width of the built-in decoders.
     n_samples : int or None, default=None
@@ -96,31 +91,22 @@ class ContextPrediction(BaseEstimator):
         be ``'auto'``, ``'gaussian'`` or a :class:`~conprediff.wasserstein.GaussianW2`.
     weight : float or weight object, default=0.1
         :math:`\lambda_t` (see :mod:`conprediff.context.weights`); a float is a constant. 0.1
-        rather than the specification's 1: in the paired ablation on the digits
-        (``docs/benchmarks/ablation.md``) a constant 1 made the model worse than the same
-        backbone without context prediction, and 0.1 did not.
+        rather than the specification's 1: see ``docs/benchmarks/ablation.md``.
     target : {'x0', 'posterior'}, default='x0'
         The map whose neighbours are predicted: the clean sample :math:`x_0`, or the posterior
         mean :math:`\tilde\mu_t(x_0, x_t)` of :math:`x_{t-1}` (``schedule.posterior``).
     point_fraction : float, default=0.1
         In ``(0, 1]``: the term is computed on ``max(1, round(point_fraction * B * H * W))``
-        points drawn without replacement at every call (an unbiased estimate of the mean over
-        all points). 0.1 rather than every point, for cost: in the paired MNIST-5k pilot
-        (``docs/benchmarks/ablation.md``, 5 seeds) a tenth, a quarter, a half and all of the
-        points gave the same quality (a tenth minus a half: FID +0.1 [-1.7, +2.0]; a quarter
-        minus a half: -0.9 [-2.3, +0.5]), while a training step of the pilot's small UNet cost
-        1.11x the baseline's with 0.1 and 1.35x with 0.5; on the CPU overhead benchmark
-        (``docs/benchmarks/context_overhead.md``, side by side) 0.1 cost 1.07x, 0.25 1.06-1.09x
-        and 0.5 1.11-1.18x. Neighbouring points are strongly correlated, so a tenth of them (5,018
-        points of a batch of 64 images of 28 x 28) estimates the mean almost as well as all of
-        them.
+        points drawn without replacement at every call, an unbiased estimate of the mean over
+        all points. A tenth, for cost: see ``docs/benchmarks/ablation.md`` (quality) and
+        ``docs/benchmarks/context_overhead.md`` (time).
 
     Notes
     -----
-    The constructor stores its arguments only; :meth:`build` validates them (``ValueError``
-    naming the parameter). ``get_params(deep=True)`` reaches into ``weight`` and ``metric``
-    objects (``weight__value``, ``metric__n_projections``), so :func:`sklearn.base.clone` and
-    grid searches work.
+    The constructor stores its arguments only; :meth:`build` validates them (``TypeError`` for
+    a wrong type, ``ValueError`` for a wrong value, naming the parameter).
+    ``get_params(deep=True)`` reaches into ``weight`` and ``metric`` objects (``weight__value``,
+    ``metric__n_projections``), so :func:`sklearn.base.clone` and grid searches work.
 
     Examples
     --------
@@ -174,70 +160,33 @@ class ContextPrediction(BaseEstimator):
 
         Raises
         ------
+        TypeError
+            Naming the first parameter of a wrong type.
         ValueError
-            Naming the first invalid parameter.
+            Naming the first parameter of a wrong value.
         """
-        feature_channels = _positive_int(feature_channels, "feature_channels")
-        data_channels = _positive_int(data_channels, "data_channels")
+        feature_channels = check_int(feature_channels, "feature_channels", 1)
+        data_channels = check_int(data_channels, "data_channels", 1)
         sampler = NeighborhoodSampler(self.strides, self.shape, self.border)
-        strides = sampler._check()
-        k_max = max(sampler.size(s) for s in strides)
-        latent_dim = _positive_int(self.latent_dim, "latent_dim")
-        hidden = _positive_int(self.hidden, "hidden")
-        n_samples = k_max if self.n_samples is None else _positive_int(self.n_samples, "n_samples")
-        if self.target not in _TARGETS:
-            raise ValueError(f"target must be one of {_TARGETS}, got {self.target!r}")
-        pf = self.point_fraction
-        if not isinstance(pf, numbers.Real) or isinstance(pf, bool) or not 0 < pf <= 1:
-            raise ValueError(f"point_fraction must be a number in (0, 1], got {pf!r}")
+        k_max = max(sampler.size(s) for s in sampler.validate())
+        latent_dim = check_int(self.latent_dim, "latent_dim", 1)
+        hidden = check_int(self.hidden, "hidden", 1)
+        n_samples = check_int(self.n_samples, "n_samples", 1, optional=True) or k_max
+        check_choice(self.target, "target", _TARGETS)
+        point_fraction = check_real(self.point_fraction, "point_fraction", 0.0, 1.0, low_open=True)
         weight = resolve_weight(self.weight, "weight")
-
-        if isinstance(self.decoder, str):
-            if self.decoder not in _DECODERS:
-                raise ValueError(
-                    f"decoder must be one of {_DECODERS} or a factory "
-                    f"(in_features, out_channels) -> nn.Module, got {self.decoder!r}"
-                )
-            kind = self.decoder
-        elif callable(self.decoder):
-            kind = "custom"
-        else:
-            raise ValueError(
-                f"decoder must be one of {_DECODERS} or a factory "
-                f"(in_features, out_channels) -> nn.Module, got {self.decoder!r}"
-            )
-
+        kind = self._decoder_kind()
         if kind == "gaussian":
-            if isinstance(self.metric, GaussianW2):
-                metric = self.metric
-            elif isinstance(self.metric, str) and self.metric.lower() in ("auto", "gaussian"):
-                # the closed form is exact between Gaussians; for C == 1 'diag' is the same formula
-                metric = GaussianW2("diag" if data_channels == 1 else "full", validate=False)
-            else:
-                raise ValueError(
-                    "metric must be 'auto', 'gaussian' or a GaussianW2 with decoder='gaussian' "
-                    f"(its prediction is a Gaussian in closed form), got {self.metric!r}"
-                )
+            metric = self._gaussian_metric(data_channels)
             module = GaussianDecoder(feature_channels, data_channels, latent_dim, hidden)
         else:
-            try:
-                metric = resolve_metric(self.metric, data_channels)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"metric: {err}") from None
-            if isinstance(self.metric, str) and "validate" in metric.get_params():
-                # the sampler's weights are valid by construction: skip the per-call checks
-                metric.set_params(validate=False)
+            metric = self._sample_metric(data_channels)
             if kind == "sampled":
                 module = SampledDecoder(
                     feature_channels, data_channels, latent_dim, hidden, n_samples=n_samples
                 )
             else:
-                module = self.decoder(feature_channels, data_channels)
-                if not isinstance(module, nn.Module):
-                    raise ValueError(
-                        "decoder: the factory must return an nn.Module, got "
-                        f"{type(module).__name__}"
-                    )
+                module = self._custom_decoder(feature_channels, data_channels)
         return ContextHead(
             module,
             sampler=sampler,
@@ -245,10 +194,53 @@ class ContextPrediction(BaseEstimator):
             weight=weight,
             kind=kind,
             target=self.target,
-            point_fraction=float(pf),
+            point_fraction=point_fraction,
             feature_channels=feature_channels,
             data_channels=data_channels,
         )
+
+    def _decoder_kind(self) -> str:
+        """``'sampled'``, ``'gaussian'`` or ``'custom'`` (a factory)."""
+        expected = (
+            f"decoder must be one of {_DECODERS} or a factory "
+            f"(in_features, out_channels) -> nn.Module, got {self.decoder!r}"
+        )
+        if isinstance(self.decoder, str):
+            if self.decoder not in _DECODERS:
+                raise ValueError(expected)
+            return self.decoder
+        if not callable(self.decoder):
+            raise TypeError(expected)
+        return "custom"
+
+    def _gaussian_metric(self, data_channels: int) -> GaussianW2:
+        """The Bures-Wasserstein metric of ``decoder='gaussian'``."""
+        if isinstance(self.metric, GaussianW2):
+            return self.metric
+        if isinstance(self.metric, str) and self.metric.lower() in ("auto", "gaussian"):
+            # the closed form is exact between Gaussians; for C == 1 'diag' is the same formula
+            return GaussianW2("diag" if data_channels == 1 else "full", validate=False)
+        error = ValueError if isinstance(self.metric, str) or callable(self.metric) else TypeError
+        raise error(
+            "metric must be 'auto', 'gaussian' or a GaussianW2 with decoder='gaussian' "
+            f"(its prediction is a Gaussian in closed form), got {self.metric!r}"
+        )
+
+    def _sample_metric(self, data_channels: int):
+        """The W2² metric between the decoder's samples and the neighbours."""
+        metric = resolve_metric(self.metric, data_channels)
+        if isinstance(self.metric, str) and "validate" in metric.get_params():
+            # the sampler's weights are valid by construction: skip the per-call checks
+            metric.set_params(validate=False)
+        return metric
+
+    def _custom_decoder(self, feature_channels: int, data_channels: int) -> nn.Module:
+        module = self.decoder(feature_channels, data_channels)
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"decoder: the factory must return an nn.Module, got {type(module).__name__}"
+            )
+        return module
 
 
 class ContextHead(nn.Module):
@@ -294,7 +286,7 @@ class ContextHead(nn.Module):
         super().__init__()
         self.decoder = decoder
         self.sampler = sampler
-        self.strides = sampler._check()
+        self.strides = sampler.validate()
         self.metric = metric
         self.weight = weight
         self.kind = kind
@@ -320,10 +312,11 @@ class ContextHead(nn.Module):
         return min(n_total, max(1, round(self.point_fraction * n_total)))
 
     def _check(self, features, t, x0, xt, schedule) -> None:
-        if not isinstance(features, torch.Tensor) or features.ndim != 4:
-            raise ValueError("features must be a (B, F, H, W) tensor")
-        if not isinstance(x0, torch.Tensor) or x0.ndim != 4:
-            raise ValueError("x0 must be a (B, C, H, W) tensor")
+        check_tensor(features, "features", "(B, F, H, W)")
+        check_tensor(x0, "x0", "(B, C, H, W)")
+        check_tensor(t, "t", "(B,)")
+        if self.target == "posterior" and xt is not None:
+            check_tensor(xt, "xt", "(B, C, H, W)")
         B, F, H, W = features.shape
         if F != self.feature_channels:
             raise ValueError(
@@ -340,12 +333,12 @@ class ContextHead(nn.Module):
                 f"features must lie on the grid of x0: features are {H}x{W} but x0 is "
                 f"{x0.shape[2]}x{x0.shape[3]}"
             )
-        if not isinstance(t, torch.Tensor) or t.shape != (B,):
+        if t.shape != (B,):
             raise ValueError(f"t must be a ({B},) tensor of integer timesteps")
         if self.target == "posterior":
             if schedule is None:
                 raise ValueError("schedule is required with target='posterior'")
-            if not isinstance(xt, torch.Tensor) or xt.shape != x0.shape:
+            if xt is None or xt.shape != x0.shape:
                 raise ValueError(
                     f"xt of shape {tuple(x0.shape)} is required with target='posterior'"
                 )
@@ -386,12 +379,12 @@ class ContextHead(nn.Module):
         Notes
         -----
         Targets are computed without gradient. Under ``torch.autocast`` the decoder runs in the
-        autocast dtype, and its output and the targets are cast to float32 before the metric.
+        autocast dtype; its output and the targets are cast to float32 and the metric runs in
+        float32 (autocast off), so the term and ``w2`` are float32.
         """
         self._check(features, t, x0, xt, schedule)
         B, F, H, W = features.shape
         hw = H * W
-        n_total = B * hw
         device = features.device
 
         with torch.no_grad():
@@ -400,36 +393,56 @@ class ContextHead(nn.Module):
         lam = self.weight(t, schedule).to(device=device, dtype=torch.float32)
 
         index, divisor = self._points(lam, B, hw, generator)
-        h = features.permute(0, 2, 3, 1).reshape(n_total, F)
+        h = rearrange(features, "b f h w -> (b h w) f")  # the row order of sampler.gather
         if index is not None:
             h = torch.index_select(h, 0, index)  # backward: index_add, fast
             image = index // hw
         else:
-            image = torch.arange(B, device=device).repeat_interleave(hw)
-        tp = t.to(device)[image]
-        neighbourhoods = self.sampler.gather(y, index)
-
-        if self.kind == "gaussian":
-            mean, cov = self.decoder(h, tp)
-            mean, cov = mean.float(), cov.float()
-            if self.metric.covariance == "diag":
-                cov = torch.diagonal(cov, dim1=1, dim2=2)
-            terms = []
-            for values, weights in neighbourhoods:
-                mean_y, cov_y = weighted_moments(values, weights, self.metric.covariance)
-                terms.append(self.metric.from_moments(mean, cov, mean_y, cov_y))
-        else:
-            if self._pass_generator:
-                samples = self.decoder(h, tp, generator=generator)
-            else:
-                samples = self.decoder(h, tp)
-            samples = samples.float()
-            terms = [self.metric(samples, v, None, w) for v, w in neighbourhoods]
-        w2 = torch.stack(terms).mean(0) if len(terms) > 1 else terms[0]
+            image = repeat(torch.arange(B, device=device), "b -> (b p)", p=hw)
+        w2 = self._w2(h, t.to(device)[image], self.sampler.gather(y, index), generator)
         weighted = lam[image] * w2
         # the plain mean when every computed point counts once (every image active)
         loss = weighted.mean() if divisor == weighted.numel() else weighted.sum() / divisor
         return ContextOutput(loss, w2.detach().mean())
+
+    def _w2(
+        self,
+        h: torch.Tensor,
+        t: torch.Tensor,
+        neighbourhoods: list[Neighborhood],
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        r"""``(P,)`` :math:`\frac{1}{|S|} \sum_s W_2^2(\psi_n(h_i, t_i), P_{N_i^s})`, float32.
+
+        ``h`` is ``(P, F)``, ``t`` ``(P,)``, one neighbourhood per stride. The decoder runs
+        under any active autocast; the metric runs in float32 with autocast off.
+        """
+        if self.kind == "gaussian":
+            mean, cov = self.decoder(h, t)
+        elif self._pass_generator:
+            samples = self.decoder(h, t, generator=generator)
+        else:
+            samples = self.decoder(h, t)
+        with torch.autocast(h.device.type, enabled=False):
+            if self.kind == "gaussian":
+                terms = self._gaussian_terms(mean.float(), cov.float(), neighbourhoods)
+            else:
+                samples = samples.float()
+                terms = [self.metric(samples, v, None, w) for v, w in neighbourhoods]
+            return torch.stack(terms).mean(0) if len(terms) > 1 else terms[0]
+
+    def _gaussian_terms(
+        self, mean: torch.Tensor, cov: torch.Tensor, neighbourhoods: list[Neighborhood]
+    ) -> list[torch.Tensor]:
+        """Bures-Wasserstein W2² between ``N(mean (P, C), cov (P, C, C))`` and each
+        neighbourhood's moment-matched Gaussian: one ``(P,)`` term per stride."""
+        if self.metric.covariance == "diag":
+            cov = torch.diagonal(cov, dim1=1, dim2=2)
+        terms = []
+        for values, weights in neighbourhoods:
+            mean_y, cov_y = weighted_moments(values, weights, self.metric.covariance)
+            terms.append(self.metric.from_moments(mean, cov, mean_y, cov_y))
+        return terms
 
     def _points(
         self, lam: torch.Tensor, B: int, hw: int, generator: torch.Generator | None

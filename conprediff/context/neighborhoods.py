@@ -24,11 +24,15 @@ the per-pixel neighbour tables depend only on ``(H, W, offsets, border)`` and ar
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import torch
+from einops import rearrange, repeat
 from sklearn.base import BaseEstimator
+
+from conprediff._validation import check_choice, check_int, is_int
+from conprediff.context._checks import check_tensor
 
 __all__ = ["Neighborhood", "NeighborhoodSampler", "reflect_index"]
 
@@ -121,6 +125,24 @@ def _tables(
     return table.to(device), weights.to(device), complete
 
 
+def _check_index(index: torch.Tensor, n: int, y: torch.Tensor) -> torch.Tensor:
+    """``index`` as a ``(P,)`` int64 tensor on ``y``'s device, every value in ``[0, n)``."""
+    if (
+        not isinstance(index, torch.Tensor)
+        or index.dtype.is_floating_point
+        or index.dtype.is_complex
+        or index.dtype == torch.bool
+    ):
+        kind = f"dtype {index.dtype}" if isinstance(index, torch.Tensor) else type(index).__name__
+        raise TypeError(f"index must be a 1-D integer tensor of flat point indices, got {kind}")
+    if index.ndim != 1:
+        raise ValueError(f"index must be 1-D (P,), got shape {tuple(index.shape)}")
+    index = index.to(device=y.device, dtype=torch.long)
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+        raise ValueError(f"index values must lie in [0, {n}) for a {tuple(y.shape)} y")
+    return index
+
+
 class NeighborhoodSampler(BaseEstimator):
     r"""Gather the multi-stride neighbourhoods :math:`N_i^s` of points of a ``(B, C, H, W)`` map.
 
@@ -142,8 +164,8 @@ class NeighborhoodSampler(BaseEstimator):
 
     Notes
     -----
-    The constructor only stores its arguments; they are validated when :meth:`offsets`,
-    :meth:`size` or :meth:`gather` is called.
+    The constructor only stores its arguments; they are validated by :meth:`validate`, which
+    :meth:`offsets`, :meth:`size` and :meth:`gather` call.
 
     Examples
     --------
@@ -165,33 +187,33 @@ class NeighborhoodSampler(BaseEstimator):
     # -- validation ---------------------------------------------------------------------------
     def _strides(self) -> tuple[int, ...]:
         strides = self.strides
-        if isinstance(strides, int) and not isinstance(strides, bool):
-            strides = (strides,)
-        try:
-            strides = tuple(strides)
-        except TypeError:
-            raise ValueError(
-                f"strides must be a positive int or a non-empty tuple of them, got {self.strides!r}"
-            ) from None
-        if not strides or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in strides
-        ):
-            raise ValueError(
-                f"strides must be a positive int or a non-empty tuple of them, got {self.strides!r}"
+        if is_int(strides):
+            return (check_int(strides, "strides", 1),)
+        if isinstance(strides, str | bytes) or not isinstance(strides, Iterable):
+            raise TypeError(
+                f"strides must be an integer >= 1 or a non-empty tuple of them, got {strides!r}"
             )
-        return strides
+        strides = tuple(strides)
+        if not strides:
+            raise ValueError("strides must be an integer >= 1 or a non-empty tuple of them, got ()")
+        return tuple(check_int(s, f"strides[{i}]", 1) for i, s in enumerate(strides))
 
-    def _check(self) -> tuple[int, ...]:
-        if self.shape not in _SHAPES:
-            raise ValueError(f"shape must be one of {_SHAPES}, got {self.shape!r}")
-        if self.border not in _BORDERS:
-            raise ValueError(f"border must be one of {_BORDERS}, got {self.border!r}")
+    def validate(self) -> tuple[int, ...]:
+        """Check the parameters and return the strides as a tuple of ``int``.
+
+        Raises
+        ------
+        TypeError
+            If ``strides`` is not an integer or a sequence of them, or ``shape`` or ``border`` is
+            not a string.
+        ValueError
+            If a stride is below 1, ``strides`` is empty, or ``shape`` or ``border`` is unknown.
+        """
+        check_choice(self.shape, "shape", _SHAPES)
+        check_choice(self.border, "border", _BORDERS)
         return self._strides()
 
-    @staticmethod
-    def _check_stride(stride: int) -> None:
-        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
-            raise ValueError(f"stride must be a positive int, got {stride!r}")
+    _check = validate  # the former private name
 
     # -- public -------------------------------------------------------------------------------
     def offsets(self, stride: int) -> torch.Tensor:
@@ -208,14 +230,13 @@ class NeighborhoodSampler(BaseEstimator):
             ``(K, 2)`` int64 ``(dy, dx)``, row-major over ``dy`` then ``dx``, centre excluded;
             ``K = 8`` for ``'ring'``, ``(2s + 1)**2 - 1`` for ``'square'``.
         """
-        self._check()
-        self._check_stride(stride)
-        return _offsets(self.shape, stride)
+        self.validate()
+        return _offsets(self.shape, check_int(stride, "stride", 1))
 
     def size(self, stride: int) -> int:
         """Number ``K`` of neighbours per point at ``stride`` (including dropped ones)."""
-        self._check()
-        self._check_stride(stride)
+        self.validate()
+        stride = check_int(stride, "stride", 1)
         return 8 if self.shape == "ring" else (2 * stride + 1) ** 2 - 1
 
     def gather(self, y: torch.Tensor, index: torch.Tensor | None = None) -> list[Neighborhood]:
@@ -239,31 +260,21 @@ class NeighborhoodSampler(BaseEstimator):
 
         Raises
         ------
+        TypeError
+            If ``y`` is not a tensor or ``index`` not an integer tensor.
         ValueError
-            If ``y`` is not 4-D, ``index`` is not a 1-D integer tensor of valid indices, or, with
+            If ``y`` is not 4-D, ``index`` is not 1-D or holds an index outside the map, or, with
             ``border='drop'``, some point has no neighbour inside the grid at a stride.
         """
-        strides = self._check()
-        if not isinstance(y, torch.Tensor) or y.ndim != 4:
-            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise ValueError(f"y must be a (B, C, H, W) tensor, got {shape}")
-        b, c, h, w = y.shape
+        strides = self.validate()
+        b, c, h, w = check_tensor(y, "y", "(B, C, H, W)").shape
         hw = h * w
-        flat = y.permute(0, 2, 3, 1).reshape(b * hw, c)
+        flat = rearrange(y, "b c h w -> (b h w) c")
         if index is None:
-            base = torch.arange(b, device=y.device).repeat_interleave(hw) * hw
-            pix = torch.arange(hw, device=y.device).repeat(b)
+            base = repeat(torch.arange(b, device=y.device) * hw, "b -> (b p)", p=hw)
+            pix = repeat(torch.arange(hw, device=y.device), "p -> (b p)", b=b)
         else:
-            if (
-                not isinstance(index, torch.Tensor)
-                or index.ndim != 1
-                or index.dtype.is_floating_point
-                or index.dtype == torch.bool
-            ):
-                raise ValueError("index must be a 1-D integer tensor of flat point indices")
-            index = index.to(device=y.device, dtype=torch.long)
-            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= b * hw):
-                raise ValueError(f"index values must lie in [0, {b * hw}) for a {tuple(y.shape)} y")
+            index = _check_index(index, b * hw, y)
             pix = index % hw
             base = index - pix
         out = []

@@ -14,30 +14,21 @@ and each object here maps a batch of integer timesteps to :math:`\lambda_t`. All
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from sklearn.base import BaseEstimator
+
+from conprediff._validation import check_int, check_real
+from conprediff.context._checks import check_tensor
 
 __all__ = ["ConstantWeight", "DecayingWeight", "SNRWeight", "TruncatedWeight", "resolve_weight"]
 
 
 def _check_value(value, name: str = "value") -> float:
-    if (
-        not isinstance(value, numbers.Real)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{name} must be a finite real number >= 0, got {value!r}")
-    return float(value)
+    return check_real(value, name, 0.0)
 
 
 def _check_t(t: torch.Tensor) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor) or t.ndim != 1:
-        raise ValueError("t must be a (B,) tensor of integer timesteps")
-    return t
+    return check_tensor(t, "t", "(B,)")
 
 
 def _need_schedule(owner: object, schedule) -> None:
@@ -151,10 +142,11 @@ class TruncatedWeight(BaseEstimator):
 
     Raises
     ------
+    TypeError
+        At call time: a bound that is not an integer.
     ValueError
-        At call time: a bound that is not an integer, ``t_min > t_max``, or (given the schedule)
-        a window with no timestep of ``[0, T)`` in it, which would train with
-        :math:`\lambda_t = 0` throughout.
+        At call time: ``t_min > t_max``, or (given the schedule) a window with no timestep of
+        ``[0, T)`` in it, which would train with :math:`\lambda_t = 0` throughout.
 
     Notes
     -----
@@ -172,20 +164,18 @@ class TruncatedWeight(BaseEstimator):
         does or ``t_max`` is None."""
         if self.t_max is None:
             _need_schedule(self, schedule)
-        t_max = schedule.timesteps - 1 if self.t_max is None else self.t_max
-        for name, value in (("t_min", self.t_min), ("t_max", t_max)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an integer timestep, got {value!r}")
-        if self.t_min > t_max:
-            raise ValueError(f"t_min must be <= t_max, got t_min={self.t_min}, t_max={t_max}")
-        if schedule is not None and (self.t_min >= schedule.timesteps or t_max < 0):
+        t_min = check_int(self.t_min, "t_min")
+        t_max = check_int(schedule.timesteps - 1 if self.t_max is None else self.t_max, "t_max")
+        if t_min > t_max:
+            raise ValueError(f"t_min must be <= t_max, got t_min={t_min}, t_max={t_max}")
+        if schedule is not None and (t_min >= schedule.timesteps or t_max < 0):
             raise ValueError(
-                f"the window [t_min, t_max] = [{self.t_min}, {t_max}] holds none of the "
+                f"the window [t_min, t_max] = [{t_min}, {t_max}] holds none of the "
                 f"schedule's timesteps [0, {schedule.timesteps - 1}]: the context term would be 0"
             )
         base = resolve_weight(self.base, name="base")
         values = base(_check_t(t), schedule)
-        inside = (t >= int(self.t_min)) & (t <= int(t_max))
+        inside = (t >= t_min) & (t <= t_max)
         return torch.where(inside, values, torch.zeros_like(values))
 
 
@@ -206,11 +196,16 @@ def resolve_weight(weight, name: str = "weight"):
 
     Raises
     ------
+    TypeError
+        If ``weight`` is neither a number nor callable.
     ValueError
-        If ``weight`` is neither a non-negative finite number nor callable.
+        If ``weight`` is a negative or non-finite number.
     """
-    if isinstance(weight, numbers.Real) and not isinstance(weight, bool):
-        return ConstantWeight(_check_value(weight, name))
     if callable(weight):
         return weight
-    raise ValueError(f"{name} must be a number >= 0 or a weight object, got {weight!r}")
+    try:
+        value = _check_value(weight, name)
+    except TypeError:
+        message = f"{name} must be a number >= 0 or a weight object, got {weight!r}"
+        raise TypeError(message) from None
+    return ConstantWeight(value)

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._validation import check_choice, check_int
+
 __all__ = ["load_digits_images", "load_mnist_images"]
 
 
@@ -14,9 +16,9 @@ def load_digits_images(size: int = 16, mode: str = "upsample") -> tuple[torch.Te
 
     Parameters
     ----------
-    size : int
-        Output side, at least 8 (16 is the usual choice: it allows a 3-level UNet).
-    mode : {'upsample', 'pad'}
+    size : int, default=16
+        Output side, at least 8 (16 allows a 3-level UNet).
+    mode : {'upsample', 'pad'}, default='upsample'
         How to reach ``size`` > 8: ``'upsample'`` resizes bilinearly (``align_corners=False``);
         ``'pad'`` centres the 8x8 digit in a background of -1.
 
@@ -30,10 +32,8 @@ def load_digits_images(size: int = 16, mode: str = "upsample") -> tuple[torch.Te
     """
     from sklearn.datasets import load_digits
 
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"size must be an integer >= 8, got {size!r}")
-    if mode not in ("upsample", "pad"):
-        raise ValueError(f"mode must be 'upsample' or 'pad', got {mode!r}")
+    size = check_int(size, "size", 8)
+    check_choice(mode, "mode", ("upsample", "pad"))
     bunch = load_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32))[:, None] / 8.0 - 1.0
     if size > 8:

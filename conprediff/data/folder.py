@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._validation import check_bool, check_choice, check_int, is_int
+
 __all__ = ["ImageFolder", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def _check_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``None``, or ``(H, W)`` from an int or a pair of ints, each at least 1."""
+    if size is None:
+        return None
+    if is_int(size):
+        side = check_int(size, "size", 1)
+        return side, side
+    if not isinstance(size, tuple | list):
+        raise TypeError(f"size must be an integer, a pair (H, W) of integers or None, got {size!r}")
+    if len(size) != 2:
+        raise ValueError(f"size must be a pair (H, W), got {len(size)} values: {size!r}")
+    return check_int(size[0], "size[0]", 1), check_int(size[1], "size[1]", 1)
 
 
 class ImageFolder(Dataset):
@@ -20,10 +37,11 @@ class ImageFolder(Dataset):
     ----------
     root : str or Path
         Folder to scan.
-    mode : {'L', 'RGB'}
+    mode : {'L', 'RGB'}, default='L'
         Pillow mode the images are converted to: 1 or 3 channels.
     size : int or tuple of int, optional
-        Resize every image to ``(size, size)`` or ``(H, W)`` (bicubic). Without it, all images
+        Resize every image to ``(size, size)`` or ``(H, W)`` (bicubic). Without it (the
+        default), all images
         must already share one size (checked when the model is fitted).
     labels : bool, default=False
         Items are ``(image, label)``: the class of an image is its first-level subfolder
@@ -47,12 +65,12 @@ class ImageFolder(Dataset):
         size: int | tuple[int, int] | None = None,
         labels: bool = False,
     ):
+        if not isinstance(root, str | os.PathLike):
+            raise TypeError(f"root must be a str or a path, got {type(root).__name__}")
         self.root = Path(root)
-        self.mode = mode
-        self.size = (size, size) if isinstance(size, int) else size
-        self.labels = labels
-        if mode not in ("L", "RGB"):
-            raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+        self.mode = check_choice(mode, "mode", ("L", "RGB"))
+        self.size = _check_size(size)
+        self.labels = check_bool(labels, "labels")
         if not self.root.is_dir():
             raise ValueError(f"root must be an existing folder, got {str(root)!r}")
         self.paths = sorted(
