@@ -84,10 +84,8 @@ def evaluate_samples(
         to an ``(N, D)`` array.
     k : int, default 3
         Neighbour for precision and recall.
-    kid_subsets, kid_subset_size : int, defaults 100 and 1000
-        Subsets for KID (see :func:`kernel_inception_distance`).
-    seed : int or None, default 0
-        Seeds the KID subsets.
+    kid_subsets, kid_subset_size, seed : int, defaults 100, 1000 and 0
+        Subsets for KID and their seed (see :func:`kernel_inception_distance`).
     kid_standardize : bool, default False
         Standardise the features with the real set's statistics before KID; advisable for
         features of a small classifier such as the LeNet of :func:`default_digits_extractor`.
@@ -114,10 +112,8 @@ def evaluate_samples(
 
     Notes
     -----
-    FID is biased by the sample size: compare values only at equal ``N``. How many samples a
-    difference needs to stand out of the sampling noise, and how FID in the LeNet's features
-    moves with the class proportions of each draw, is measured in
-    ``docs/benchmarks/ablation.md``.
+    FID is biased by the sample size: compare values only at equal ``N``. The sampling noise of
+    FID in the LeNet's features is measured in ``docs/benchmarks/ablation.md``.
     """
     extract = _extract_function(extractor, class_balanced)
     real_shape, fake_shape = _image_shape(real_images), _image_shape(fake_images)
