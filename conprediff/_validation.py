@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 __all__ = [
     "check_bool",
@@ -277,3 +279,72 @@ def check_labels(labels: Any, num_classes: int, n: int, name: str = "labels") ->
     if np.ndim(values) == 0:
         return torch.full((n,), lo, dtype=torch.long)
     return torch.from_numpy(np.asarray(values, dtype=np.int64))
+
+
+def check_image_or_batch(img: Any, shape: tuple[int, ...], data_range: tuple[float, float],
+                         name: str = "img") -> tuple[torch.Tensor, bool]:
+    """One image ``(C, H, W)`` or a batch ``(B, C, H, W)`` of ``shape`` within ``data_range``.
+
+    Returns the batch as float32 ``(B, C, H, W)`` and whether ``img`` was one image.
+    """
+    single = getattr(img, "ndim", None) == 3
+    if isinstance(img, torch.Tensor | np.ndarray) and img.ndim not in (3, 4):
+        hint = f" (add a channel axis: {name}[None])" if img.ndim == 2 else ""
+        raise ValueError(
+            f"{name} must be one image (C, H, W) or a batch (B, C, H, W), got shape "
+            f"{tuple(img.shape)}{hint}"
+        )
+    images = check_images(img[None] if single else img, name)
+    if tuple(images.shape[1:]) != tuple(shape):
+        raise ValueError(
+            f"{name} must have the fitted model's (C, H, W) = {tuple(shape)}, got "
+            f"{tuple(images.shape[1:])}"
+        )
+    check_in_range(images, data_range, name)
+    return images, single
+
+
+# ---------------------------------------------------------------------------- declared checks
+# Factories for a table of checks ``{name: check(value, name)}`` (see ConPreDiffModel).
+
+
+def int_between(minimum: int, optional: bool = False) -> Callable[[Any, str], int | None]:
+    """``check(value, name)``: an integer ``>= minimum`` (or None when ``optional``)."""
+    return partial(check_int, minimum=minimum, optional=optional)
+
+
+def real_between(low: float, high: float | None = None, **kw: bool) -> Callable[[Any, str], Any]:
+    """``check(value, name)``: a finite number between the bounds (see :func:`check_real`)."""
+    return partial(check_real, low=low, high=high, **kw)
+
+
+def one_of(*choices: str) -> Callable[[Any, str], str]:
+    """``check(value, name)``: one of ``choices``."""
+    return partial(check_choice, choices=choices)
+
+
+def module_or_none(value: Any, name: str) -> nn.Module | None:
+    """``value`` if it is a ``torch.nn.Module`` or None."""
+    if value is not None and not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module or None, got {type(value).__name__}")
+    return value
+
+
+def context_or_none(value: Any, name: str) -> Any:
+    """``value`` if it has ``build()`` (a :class:`~conprediff.ContextPrediction`) or is None."""
+    if value is not None and not hasattr(value, "build"):
+        raise TypeError(
+            f"{name} must be a ContextPrediction (an object with build()) or None, got "
+            f"{type(value).__name__}"
+        )
+    return value
+
+
+def range_or_auto(value: Any, name: str) -> Any:
+    """``'auto'`` or a checked ``(lo, hi)`` (see :func:`check_data_range`)."""
+    return "auto" if isinstance(value, str) and value == "auto" else check_data_range(value, name)
+
+
+def as_is(value: Any, name: str) -> Any:
+    """``value`` unchecked (checked elsewhere)."""
+    return value

@@ -14,25 +14,30 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._validation import (
+    as_is,
     check_bool,
     check_choice,
-    check_data_range,
     check_device,
-    check_images,
-    check_in_range,
+    check_image_or_batch,
     check_int,
     check_labels,
     check_real,
     check_seed,
+    context_or_none,
+    int_between,
+    module_or_none,
+    one_of,
+    range_or_auto,
+    real_between,
 )
-from .diffusion.gaussian import check_prediction, sample_loop
+from .diffusion import SAMPLERS, Denoiser, generate, guided
+from .diffusion.gaussian import check_prediction
 from .persistence import FittedState, load_model, save_model
 from .ranges import from_unit, to_unit
 from .schedules import NoiseSchedule, make_betas
@@ -46,92 +51,36 @@ resolve_device = check_device
 _MAX_SEED = 2**63 - 16  # fit seeds its generators with seed + 0..4 (torch takes < 2**64)
 
 
-def _int(minimum: int, optional: bool = False) -> Callable[[Any, str], int | None]:
-    return partial(check_int, minimum=minimum, optional=optional)
-
-
-def _real(low: float, high: float | None = None, **kw: bool) -> Callable[[Any, str], Any]:
-    return partial(check_real, low=low, high=high, **kw)
-
-
-def _choice(*choices: str) -> Callable[[Any, str], str]:
-    return partial(check_choice, choices=choices)
-
-
-def _module_or_none(value: Any, name: str) -> nn.Module | None:
-    if value is not None and not isinstance(value, nn.Module):
-        raise TypeError(f"{name} must be a torch.nn.Module or None, got {type(value).__name__}")
-    return value
-
-
-def _context_or_none(value: Any, name: str) -> Any:
-    if value is not None and not hasattr(value, "build"):
-        raise TypeError(
-            f"{name} must be a ContextPrediction (an object with build()) or None, got "
-            f"{type(value).__name__}"
-        )
-    return value
-
-
-def _range_or_auto(value: Any, name: str) -> Any:
-    return "auto" if isinstance(value, str) and value == "auto" else check_data_range(value, name)
-
-
-def _as_is(value: Any, name: str) -> Any:
-    return value
-
-
-def guided(net: nn.Module, cond: torch.Tensor | None, null: int | None, scale: float):
-    """Classifier-free guidance (temporary copy; moves to conprediff.diffusion.guidance)."""
-    if cond is None:
-        if null is None:  # an unconditional backbone
-            return lambda x, t: net(x, t)[0]
-        return lambda x, t: net(x, t, torch.full_like(t, null))[0]  # the null label
-    if scale == 1.0:
-        return lambda x, t: net(x, t, cond.to(x.device))[0]
-    uncond = torch.full_like(cond, null)
-    if scale == 0.0:
-        return lambda x, t: net(x, t, uncond.to(x.device))[0]
-    both = torch.cat([cond, uncond])
-
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = net(torch.cat([x, x]), torch.cat([t, t]), both.to(x.device))[0]
-        c, u = out.chunk(2)
-        return u + scale * (c - u)
-
-    return denoise
-
-
 #: How each constructor argument is checked at ``fit`` (one line each; see ``_validation``).
 _PARAMETERS: dict[str, Callable[[Any, str], Any]] = {
-    "backbone": _module_or_none,
-    "context": _context_or_none,
-    "schedule": _as_is,  # with timesteps, by make_betas
-    "timesteps": _as_is,
+    "backbone": module_or_none,
+    "context": context_or_none,
+    "schedule": as_is,  # with timesteps, by make_betas
+    "timesteps": as_is,
     "prediction": lambda v, n: check_prediction(v),
-    "min_snr_gamma": _real(0.0, low_open=True, optional=True),
-    "lr": _real(0.0, low_open=True),
-    "weight_decay": _real(0.0),
-    "batch_size": _int(1),
-    "max_steps": _int(1),
-    "epochs": _int(1, optional=True),
-    "ema_decay": _real(0.0, 1.0, high_open=True, optional=True),
-    "precision": _choice("fp32", "bf16", "fp16"),
+    "min_snr_gamma": real_between(0.0, low_open=True, optional=True),
+    "lr": real_between(0.0, low_open=True),
+    "weight_decay": real_between(0.0),
+    "batch_size": int_between(1),
+    "max_steps": int_between(1),
+    "epochs": int_between(1, optional=True),
+    "ema_decay": real_between(0.0, 1.0, high_open=True, optional=True),
+    "precision": one_of("fp32", "bf16", "fp16"),
     "compile": check_bool,
-    "grad_accum_steps": _int(1),
-    "grad_clip": _real(0.0, low_open=True, optional=True),
-    "lr_warmup_steps": _int(0),
-    "lr_schedule": _choice("constant", "cosine", "linear"),
-    "on_nonfinite": _choice("raise", "skip"),
-    "log_every": _int(1),
-    "checkpoint_dir": _as_is,
-    "checkpoint_every": _int(1, optional=True),
-    "keep_checkpoints": _int(1),
-    "data_range": _range_or_auto,
-    "device": _as_is,  # resolved by fit
+    "grad_accum_steps": int_between(1),
+    "grad_clip": real_between(0.0, low_open=True, optional=True),
+    "lr_warmup_steps": int_between(0),
+    "lr_schedule": one_of("constant", "cosine", "linear"),
+    "on_nonfinite": one_of("raise", "skip"),
+    "log_every": int_between(1),
+    "checkpoint_dir": as_is,
+    "checkpoint_every": int_between(1, optional=True),
+    "keep_checkpoints": int_between(1),
+    "data_range": range_or_auto,
+    "device": as_is,  # resolved by fit
     "seed": partial(check_int, minimum=0, maximum=_MAX_SEED, optional=True),
-    "verbose": _int(0),
-    "label_dropout": _real(0.0, 1.0, high_open=True),
+    "verbose": int_between(0),
+    "label_dropout": real_between(0.0, 1.0, high_open=True),
 }
 
 
@@ -464,10 +413,12 @@ class ConPreDiffModel(BaseEstimator):
         steps : int, optional
             Reverse steps (at most ``timesteps``), respaced evenly; default 50, or ``timesteps``
             if that is smaller.
-        sampler : {'ddim', 'ddpm'}
-            Deterministic DDIM (with ``eta``) or ancestral DDPM.
+        sampler : {'ddim', 'ddpm', 'dpmpp_2m'}
+            DDIM (Song et al. 2021; deterministic with ``eta=0``), ancestral DDPM (Ho et al.
+            2020), or DPM-Solver++(2M) (Lu et al. 2022; good samples in 15-25 steps, see
+            ``docs/benchmarks/sampler_quality.md``). See :mod:`conprediff.diffusion.samplers`.
         eta : float
-            DDIM noise scale (0 = deterministic); with ``sampler='ddpm'`` it must stay 0.
+            DDIM noise scale (0 = deterministic); with the other samplers it must stay 0.
         seed : int, optional
             Seeds all sampling noise: the same seed and ``batch_size`` give the same images (the
             noise is drawn batch after batch, so another ``batch_size`` gives other images).
@@ -497,19 +448,20 @@ class ConPreDiffModel(BaseEstimator):
         steps = self._check_steps(steps, default=50)
         batch_size = check_int(batch_size, "batch_size", 1)
         gen = self._generator(seed)
-        sampler = check_choice(sampler, "sampler", ("ddim", "ddpm"))
+        sampler = check_choice(sampler, "sampler", tuple(SAMPLERS))
         eta = check_real(eta, "eta", 0.0)
-        if sampler == "ddpm" and eta != 0:
+        if sampler != "ddim" and eta != 0:
             raise ValueError(
-                f"eta applies to sampler='ddim' only (DDPM steps are ancestral), got eta={eta!r}"
+                f"eta applies to sampler='ddim' only, got sampler={sampler!r}, eta={eta!r}"
             )
         out = []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             part = None if cond is None else cond[start : start + b]
-            x = sample_loop(guided(net, part, null, scale), (b, *self.image_shape_),
-                            self._fitted_schedule(), self.prediction_, steps, sampler, eta, gen,
-                            self.device_, progress=self.verbose > 0)
+            denoiser = Denoiser(guided(net, part, null, scale), self._fitted_schedule(),
+                                self.prediction_)
+            x = generate(denoiser, (b, *self.image_shape_), steps, sampler, eta=eta,
+                         generator=gen, device=self.device_, progress=self.verbose > 0)
             out.append(from_unit(x, self.data_range_).cpu())
         return torch.cat(out)
 
@@ -551,8 +503,9 @@ class ConPreDiffModel(BaseEstimator):
             RePaint's jump schedule; ``jump_n_sample=1`` is plain replacement, no resampling.
         seed : int, optional
             Seeds all noise.
-        sampler : {'ddpm', 'ddim'}
-            Ancestral steps (RePaint), or deterministic DDIM steps (the fast variant).
+        sampler : {'ddpm', 'ddim', 'dpmpp_2m'}
+            The reverse step between jumps: ancestral (RePaint), deterministic DDIM (the fast
+            variant) or DPM-Solver++(2M), whose history restarts after each jump.
         use_ema : bool
             Use the EMA weights when the model has them.
         labels : int or array-like of int, optional
@@ -569,7 +522,7 @@ class ConPreDiffModel(BaseEstimator):
         from .inpainting import as_mask, repaint
 
         net = self._network(use_ema)
-        images, single = self._check_img(img)
+        images, single = check_image_or_batch(img, self.image_shape_, self.data_range_, "img")
         gen = self._generator(seed)  # repaint checks the sampler and the jump schedule
         missing = as_mask(mask, tuple(images.shape)).expand_as(images)
         cond, scale, null = self._condition(net, labels, images.shape[0], guidance_scale)
@@ -581,24 +534,6 @@ class ConPreDiffModel(BaseEstimator):
                          progress=self.verbose > 0, sampler=sampler)
         out = torch.where(missing, from_unit(filled.float().cpu(), self.data_range_), images)
         return out[0] if single else out
-
-    def _check_img(self, img: Any) -> tuple[torch.Tensor, bool]:
-        """``img`` as a float32 batch with the fitted shape and range; whether it was one."""
-        single = getattr(img, "ndim", None) == 3
-        if isinstance(img, torch.Tensor | np.ndarray) and img.ndim not in (3, 4):
-            hint = " (add a channel axis: img[None])" if img.ndim == 2 else ""
-            raise ValueError(
-                "img must be one image (C, H, W) or a batch (B, C, H, W), got shape "
-                f"{tuple(img.shape)}{hint}"
-            )
-        images = check_images(img[None] if single else img, "img")
-        if tuple(images.shape[1:]) != tuple(self.image_shape_):
-            raise ValueError(
-                f"img must have the fitted model's (C, H, W) = {tuple(self.image_shape_)}, got "
-                f"{tuple(images.shape[1:])}"
-            )
-        check_in_range(images, self.data_range_, "img")
-        return images, single
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, include_decoder: bool = True) -> Path:

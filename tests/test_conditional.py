@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conprediff import ConPreDiffModel, ContextPrediction, UNet
 from conprediff.data import load_digits_images
-from conprediff.estimator import guided as _guided  # moves to conprediff.diffusion.guidance
+from conprediff.diffusion.guidance import guided as _guided
 
 
 def cond_unet(k=3):

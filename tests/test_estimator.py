@@ -318,7 +318,7 @@ def test_inpaint_argument_errors(fitted):
         fitted.inpaint(img.tolist(), mask)
     with pytest.raises(TypeError, match="seed"):
         fitted.inpaint(img, mask, seed=1.5)
-    with pytest.raises(ValueError, match="jump_n_sample must be an integer"):
+    with pytest.raises(TypeError, match="jump_n_sample must be an integer"):
         fitted.inpaint(img, mask, jump_n_sample=2.0)
     with pytest.raises(ValueError, match="sampler"):
         fitted.inpaint(img, mask, sampler="euler")
