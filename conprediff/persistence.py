@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,12 @@ from .serialization import from_jsonable, to_jsonable
 __all__ = [
     "FORMAT_VERSION",
     "FittedState",
+    "atomic_write",
     "copy_config",
     "load_model",
     "read_safetensors",
     "save_model",
+    "write_json",
     "write_safetensors",
 ]
 
@@ -114,13 +116,41 @@ def _remove_stale_temporaries(target: Path) -> None:
             pass  # alive under another user: not ours to remove
 
 
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Make ``path`` appear whole or not at all: ``write(tmp)``, ``fsync``, ``os.replace``.
+
+    ``write`` writes the complete file at the temporary path it is given. The temporary file
+    lies in the target's folder (named ``.<name>.<pid>.<random>.tmp``) and is removed when
+    ``write`` fails; ones left by a killed earlier writer are removed by the next write of the
+    same file. The file's mode follows the umask, as ``open`` would give. The folder is created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
                       metadata: dict[str, str]) -> Path:
-    """Write a safetensors file atomically: a temporary file, ``fsync``, ``os.replace``.
-
-    The temporary file lies in the target's folder (named ``.<name>.<pid>.<random>.tmp``) and is
-    removed when the write fails; ones left by a killed earlier writer are removed by the next
-    write of the same file. The file's mode follows the umask, as ``open`` would give.
+    """Write a safetensors file atomically (see :func:`atomic_write`).
 
     Parameters
     ----------
@@ -138,28 +168,13 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
-                               dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON atomically (see :func:`atomic_write`)."""
+    text = json.dumps(data, indent=2)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_safetensors(path: str | Path, what: str = "file") -> tuple[dict[str, str],

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ...persistence import write_json, write_safetensors
 from .network import LeNetClassifier
 
 __all__ = [
@@ -62,16 +63,11 @@ def data_fingerprint(x: torch.Tensor, y: torch.Tensor, training: dict[str, Any])
 def _write(
     weights_path: Path, tensors: dict[str, torch.Tensor], meta_path: Path, meta: dict[str, Any]
 ) -> None:
-    """Write the weights and the description, each atomically (a temporary file, then
-    ``os.replace``): the one place the cache writes files."""
-    weights_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights_path.with_name(f".{weights_path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": meta["format"],
-                                           "fingerprint": meta["fingerprint"]})
-    os.replace(tmp, weights_path)
-    tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, meta_path)
+    """Write the weights and the description, each atomically
+    (:func:`conprediff.persistence.atomic_write`): the one place the cache writes files."""
+    write_safetensors(weights_path, tensors, {"format": meta["format"],
+                                              "fingerprint": meta["fingerprint"]})
+    write_json(meta_path, meta)
 
 
 @dataclass(frozen=True)
