@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -352,58 +353,72 @@ def as_mask(mask, image_shape: tuple[int, ...]) -> torch.Tensor:
     image_shape = tuple(int(s) for s in image_shape)
     if len(image_shape) not in (3, 4):
         raise ValueError(f"image shape must be (C, H, W) or (B, C, H, W), got {image_shape}")
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        Image = None
-    if Image is not None and isinstance(mask, Image.Image):
-        if mask.mode not in ("1", "L"):
-            mask = mask.convert("L")
-        arr = np.asarray(mask.convert("L"))
-        if not np.isin(arr, (0, 255)).all():
-            raise ValueError(
-                "mask as a PIL image must be black (0, known) and white (255, missing) only, got "
-                f"values {np.unique(arr)[:8].tolist()}"
-            )
-        m = torch.from_numpy(arr == 255)
-    else:
-        if isinstance(mask, torch.Tensor):
-            m = mask.detach()
-        elif isinstance(mask, (np.ndarray, list, tuple)):
-            try:
-                m = torch.as_tensor(np.asarray(mask))
-            except (TypeError, ValueError, RuntimeError) as err:
-                raise TypeError(f"mask must be numeric or boolean, got {type(mask)}") from err
-        else:
-            raise TypeError(
-                "mask must be a torch.Tensor, numpy.ndarray, nested list or PIL.Image.Image, "
-                f"got {type(mask).__name__}"
-            )
-        if m.dtype != torch.bool:
-            if m.is_complex() or not (m.is_floating_point() or _is_int(m.dtype)):
-                raise TypeError(f"mask must be boolean or 0/1 numbers, got dtype {m.dtype}")
-            ok = (m == 0) | (m == 1)
-            if not bool(ok.all()):
-                bad = torch.unique(m[~ok])[:8].tolist()
-                raise ValueError(f"mask values must be 0 or 1 (1 = missing), got also {bad}")
-            m = m == 1
-    H, W = image_shape[-2:]
-    C = image_shape[-3]
-    B = image_shape[0] if len(image_shape) == 4 else None
+    m = _missing_from_pil(mask) if _is_pil(mask) else _missing_from_values(mask)
     shape = tuple(m.shape)
-    ok = m.ndim >= 2 and shape[-2:] == (H, W)
-    if ok and m.ndim == 3:
-        ok = shape[0] in (1, C)
-    elif ok and m.ndim == 4:
-        ok = B is not None and shape[0] in (1, B) and shape[1] in (1, C)
-    elif ok and m.ndim != 2:
-        ok = False
-    if not ok:
+    if not _fits(shape, image_shape):
         raise ValueError(
             f"mask shape {shape} does not match image shape {image_shape}; expected (H, W), "
             "(1, H, W), (C, H, W), (B, 1, H, W) or (B, C, H, W)"
         )
     return m.reshape((1,) * (len(image_shape) - m.ndim) + shape)
+
+
+def _is_pil(mask: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        return False
+    return isinstance(mask, Image.Image)
+
+
+def _missing_from_pil(mask: Any) -> torch.Tensor:
+    """White (255) = missing, black (0) = known; other grey levels are refused."""
+    arr = np.asarray(mask.convert("L"))
+    if not np.isin(arr, (0, 255)).all():
+        raise ValueError(
+            "mask as a PIL image must be black (0, known) and white (255, missing) only, got "
+            f"values {np.unique(arr)[:8].tolist()}"
+        )
+    return torch.from_numpy(arr == 255)
+
+
+def _missing_from_values(mask: Any) -> torch.Tensor:
+    """Booleans (True = missing) or numbers that are all 0 or 1 (1 = missing)."""
+    if isinstance(mask, torch.Tensor):
+        m = mask.detach()
+    elif isinstance(mask, (np.ndarray, list, tuple)):
+        try:
+            m = torch.as_tensor(np.asarray(mask))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"mask must be numeric or boolean, got {type(mask)}") from err
+    else:
+        raise TypeError(
+            "mask must be a torch.Tensor, numpy.ndarray, nested list or PIL.Image.Image, "
+            f"got {type(mask).__name__}"
+        )
+    if m.dtype == torch.bool:
+        return m
+    if m.is_complex() or not (m.is_floating_point() or _is_int(m.dtype)):
+        raise TypeError(f"mask must be boolean or 0/1 numbers, got dtype {m.dtype}")
+    ok = (m == 0) | (m == 1)
+    if not bool(ok.all()):
+        bad = torch.unique(m[~ok])[:8].tolist()
+        raise ValueError(f"mask values must be 0 or 1 (1 = missing), got also {bad}")
+    return m == 1
+
+
+def _fits(shape: tuple[int, ...], image_shape: tuple[int, ...]) -> bool:
+    """Whether a mask of ``shape`` broadcasts to images of ``image_shape`` as documented."""
+    H, W = image_shape[-2:]
+    C = image_shape[-3]
+    B = image_shape[0] if len(image_shape) == 4 else None
+    if len(shape) < 2 or shape[-2:] != (H, W):
+        return False
+    if len(shape) == 3:
+        return shape[0] in (1, C)
+    if len(shape) == 4:
+        return B is not None and shape[0] in (1, B) and shape[1] in (1, C)
+    return len(shape) == 2
 
 
 def _is_int(dtype: torch.dtype) -> bool:
