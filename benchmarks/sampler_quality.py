@@ -45,7 +45,7 @@ from common import atomic_json, machine_cores  # noqa: E402
 
 from conprediff import ConPreDiffModel  # noqa: E402
 from conprediff.backbones.unet import UNet  # noqa: E402
-from conprediff.data import load_digits_images  # noqa: E402
+from conprediff.data import load_digits_images, load_mnist_images  # noqa: E402
 from conprediff.evaluation import (  # noqa: E402
     FeatureExtractor,
     finite_summary,
@@ -54,7 +54,7 @@ from conprediff.evaluation import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks" / "sampler_quality.md"
+DOC = ROOT / "docs" / "benchmarks" / "sampler_quality_{dataset}.md"
 SAMPLERS = ("ddim", "dpmpp_2m")
 LABELS = {"ddim": "DDIM (eta = 0)", "dpmpp_2m": "DPM-Solver++(2M)", "ddpm": "DDPM (ancestral)"}
 
@@ -63,7 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None,
                     help="a fitted model file (default: train a digits model, cached)")
+    ap.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
+                    help="digits (embedded) or mnist (MNIST-5k, 28x28; the [mnist] extra)")
     ap.add_argument("--size", type=int, default=16, help="digits side (a trained model's own)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="training precision (sampling is float32)")
     ap.add_argument("--train-steps", type=int, default=3000)
     ap.add_argument("--timesteps", type=int, default=1000)
     ap.add_argument("--base-channels", type=int, default=32)
@@ -90,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sample_seeds, args.classifier_epochs, args.floor_repeats = [1, 2], 1, 3
         args.cache_dir = str(Path(args.cache_dir) / "quick")
         args.out = args.out or ROOT / "outputs" / "sampler_quality_quick.md"
-    args.out = args.out or DOC
+    args.out = args.out or Path(str(DOC).format(dataset=args.dataset))
     return args
 
 
@@ -98,18 +102,20 @@ def get_model(args: argparse.Namespace, images: torch.Tensor) -> tuple[ConPreDif
     """The model of ``--model``, or a digits model trained (once) and cached; and its name."""
     if args.model is not None:
         return ConPreDiffModel.load(args.model, device=args.device), str(args.model)
-    cfg = {k: getattr(args, k) for k in ("size", "train_steps", "timesteps", "base_channels",
-                                        "channel_mults", "batch_size", "lr", "seed")}
+    keys = ("dataset", "size", "train_steps", "timesteps", "base_channels", "channel_mults",
+            "batch_size", "lr", "seed", "precision")
+    cfg = {k: getattr(args, k) for k in keys}
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(args.cache_dir) / f"digits-{args.train_steps}steps-{key}.safetensors"
+    path = Path(args.cache_dir) / f"{args.dataset}-{args.train_steps}steps-{key}.safetensors"
     if path.is_file():
         print(f"loading {path}")
         return ConPreDiffModel.load(path, device=args.device), f"{path.name} (cached)"
-    print(f"training {args.train_steps} steps on {len(images)} digits")
+    print(f"training {args.train_steps} steps on {len(images)} {args.dataset} images")
     model = ConPreDiffModel(
         backbone=UNet(base_channels=args.base_channels, channel_mults=tuple(args.channel_mults)),
         timesteps=args.timesteps, max_steps=args.train_steps, lr=args.lr,
-        batch_size=args.batch_size, device=args.device, seed=args.seed, verbose=0,
+        batch_size=args.batch_size, device=args.device, seed=args.seed,
+        precision=args.precision, verbose=1,
     ).fit(images)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
@@ -214,7 +220,8 @@ def write_page(args: argparse.Namespace, res: dict, floor: dict, model_name: str
         "# Sample quality against sampling steps: DDIM and DPM-Solver++(2M)", "",
         "```", command, "```", "",
         f"Run {date} on {machine_cores()}.", "",
-        f"* Model: {model_name}; real set: {n_real} digits at {args.size}×{args.size}.",
+        f"* Model: {model_name}; real set: {n_real} {args.dataset} images at "
+        f"{args.size}×{args.size}.",
         f"* {args.n_samples} samples per FID, sampling seeds {args.sample_seeds} (the same "
         "initial noise for every sampler at a seed); FID in the features of the library's "
         f"LeNet ({args.classifier_epochs} epochs on the real set), cbFID its class-balanced "
@@ -238,7 +245,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = "python benchmarks/sampler_quality.py " + " ".join(
         map(shlex.quote, sys.argv[1:] if argv is None else argv))
-    images, labels = load_digits_images(size=args.size)
+    if args.dataset == "mnist":
+        images, labels = load_mnist_images()
+        args.size = int(images.shape[-1])
+    else:
+        images, labels = load_digits_images(size=args.size)
     model, model_name = get_model(args, images)
     model.verbose = 0
     if tuple(model.image_shape_[1:]) != (args.size, args.size):

@@ -195,25 +195,19 @@ class NoiseSchedule(BaseEstimator):
         state.pop("_cache", None)
         return state
 
-    @property
-    def betas(self) -> torch.Tensor:
-        return self._tables()["betas"]
-
-    @property
-    def alphas(self) -> torch.Tensor:
-        return self._tables()["alphas"]
-
-    @property
-    def alpha_bar(self) -> torch.Tensor:
-        return self._tables()["alpha_bar"]
-
-    @property
-    def alpha_bar_prev(self) -> torch.Tensor:
-        return self._tables()["alpha_bar_prev"]
-
-    @property
-    def posterior_variance(self) -> torch.Tensor:
-        return self._tables()["posterior_variance"]
+    betas = property(lambda self: self._tables()["betas"],
+                     doc=r"``(T,)`` float64 :math:`\beta_t`.")
+    alphas = property(lambda self: self._tables()["alphas"],
+                      doc=r"``(T,)`` float64 :math:`\alpha_t = 1 - \beta_t`.")
+    alpha_bar = property(lambda self: self._tables()["alpha_bar"],
+                         doc=r"``(T,)`` float64 :math:`\bar\alpha_t = \prod_{s \le t} \alpha_s`.")
+    alpha_bar_prev = property(lambda self: self._tables()["alpha_bar_prev"],
+                              doc=r"``(T,)`` float64 :math:`\bar\alpha_{t-1}` (1 at ``t = 0``).")
+    posterior_variance = property(
+        lambda self: self._tables()["posterior_variance"],
+        doc=r"``(T,)`` float64 :math:`\tilde\beta_t = \beta_t (1 - \bar\alpha_{t-1}) / "
+        r"(1 - \bar\alpha_t)`.",
+    )
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         r"""Signal-to-noise ratio :math:`\bar\alpha_t / (1 - \bar\alpha_t)` at integer steps ``t``.
