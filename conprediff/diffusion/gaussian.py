@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from .._validation import check_int
-from ..schedules import NoiseSchedule, _gather
+from ..schedules import NoiseSchedule, gather
 
 __all__ = [
     "PREDICTIONS",
@@ -262,9 +262,9 @@ def ddim_update(
     ``x0``, ``eps``, ``xt``, ``noise`` ``(B, C, H, W)``; ``t``, ``t_prev`` ``(B,)`` with
     ``t_prev = -1`` for the final step; returns ``(B, C, H, W)`` at ``t_prev``.
     """
-    ab = _gather(schedule.alpha_bar, t, xt)
+    ab = gather(schedule.alpha_bar, t, xt)
     ab_all = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bar])
-    ab_prev = _gather(ab_all, t_prev + 1, xt)
+    ab_prev = gather(ab_all, t_prev + 1, xt)
     sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
     x_prev = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
     if eta > 0:

@@ -17,9 +17,40 @@ Functions here are small and pure, as in :mod:`conprediff.diffusion.gaussian`:
 :func:`repaint_schedule` (the time-jump schedule), :func:`forward_jump` (the exact forward
 re-noising), :func:`merge_known` (the known-region replacement) and the loop :func:`repaint`,
 whose reverse steps are the samplers' single steps (:mod:`conprediff.diffusion.samplers`).
+
+The algorithm of :func:`repaint` (RePaint, Algorithm 1, on a respaced grid):
+
+1. ``grid`` = :func:`~conprediff.diffusion.gaussian.ddim_timesteps` ``(T, steps)`` read
+   upwards, so schedule index ``i`` is time ``grid[i]`` and index ``-1`` is :math:`x_0`;
+   ``steps == T`` is the full chain.
+2. :math:`x \sim \mathcal{N}(0, I)`, its known region replaced by
+   :func:`merge_known` at the top time.
+3. For each consecutive pair ``(i, i')`` of :func:`repaint_schedule` ``(steps, jump_length,
+   jump_n_sample)``:
+
+   * ``i' < i`` (reverse): one step of the sampler from ``grid[i]`` to ``grid[i']`` (the
+     single step the sampler takes in :mod:`conprediff.diffusion.samplers`, from
+     :func:`~conprediff.diffusion.samplers.reverse_step`), then :func:`merge_known` at
+     ``grid[i']`` with fresh noise. ``sampler='ddpm'`` is ancestral sampling:
+     :func:`~conprediff.diffusion.gaussian.ddpm_step` when ``steps == T``, else
+     :func:`~conprediff.diffusion.gaussian.ddim_step` with :math:`\eta = 1` (the ancestral
+     step of the respaced process); ``sampler='ddim'`` uses :math:`\eta = 0` (fast variant;
+     the forward jumps stay stochastic); ``sampler='dpmpp_2m'`` is DPM-Solver++(2M)
+     (Lu et al. 2022), whose history of :math:`\hat x_0` estimates is reset after every
+     jump back (the next step is first order, a DDIM step) and carried across the
+     known-region replacements otherwise.
+   * ``i' > i`` (jump back): :func:`forward_jump` from ``grid[i]`` to ``grid[i']`` on the
+     whole image, i.e. one forward step per unit of the schedule with the exact
+     :math:`q(x_{t'} \mid x_t)` between grid points (composing ``jump_length`` of them is
+     the same law as jumping directly with the cumulative :math:`\bar\alpha` ratio).
+
+4. The result is ``torch.where(mask, x, image)``: the known pixels are the input's,
+   bit for bit.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 
@@ -27,7 +58,7 @@ from .._validation import check_choice, check_int
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.gaussian import DenoiseFn, ddim_timesteps
 from ..diffusion.samplers import reverse_step
-from ..schedules import NoiseSchedule, _gather
+from ..schedules import NoiseSchedule, gather
 from .masks import as_mask
 
 __all__ = ["repaint_schedule", "forward_jump", "merge_known", "repaint", "SAMPLERS"]
@@ -131,7 +162,7 @@ def forward_jump(
         ``(B, C, H, W)`` sample at ``t_next``.
     """
     table = _alpha_bar_from(schedule)
-    ratio = _gather(table, t_next + 1, x) / _gather(table, t + 1, x)
+    ratio = gather(table, t_next + 1, x) / gather(table, t + 1, x)
     return ratio.sqrt() * x + (1 - ratio).clamp(min=0).sqrt() * noise
 
 
@@ -177,6 +208,21 @@ def merge_known(
 
 
 @torch.no_grad()
+def _time(grid: list[int], batch: int, device: torch.device | str, i: int) -> torch.Tensor:
+    """``(batch,)`` long times ``grid[i]`` (``-1`` for ``i = -1``, the clean image)."""
+    return torch.full((batch,), grid[i] if i >= 0 else -1, device=device, dtype=torch.long)
+
+
+def _check_image(image: torch.Tensor) -> None:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or not image.is_floating_point():
+        got = (
+            f"{tuple(image.shape)} {image.dtype}"
+            if isinstance(image, torch.Tensor)
+            else type(image).__name__
+        )
+        raise ValueError(f"image must be a floating (B, C, H, W) tensor, got {got}")
+
+
 def repaint(
     denoise: DenoiseFn,
     image: torch.Tensor,
@@ -194,37 +240,9 @@ def repaint(
 ) -> torch.Tensor:
     r"""Inpaint ``image`` where ``mask`` is True with RePaint resampling (Lugmayr et al. 2022).
 
-    Algorithm (RePaint, Algorithm 1, on a respaced grid):
-
-    1. ``grid`` = :func:`~conprediff.diffusion.gaussian.ddim_timesteps` ``(T, steps)`` read
-       upwards, so schedule index ``i`` is time ``grid[i]`` and index ``-1`` is :math:`x_0`;
-       ``steps == T`` is the full chain.
-    2. :math:`x \sim \mathcal{N}(0, I)`, its known region replaced by
-       :func:`merge_known` at the top time.
-    3. For each consecutive pair ``(i, i')`` of :func:`repaint_schedule` ``(steps, jump_length,
-       jump_n_sample)``:
-
-       * ``i' < i`` (reverse): one step of the sampler from ``grid[i]`` to ``grid[i']`` (the
-         single step the sampler takes in :mod:`conprediff.diffusion.samplers`, from
-         :func:`~conprediff.diffusion.samplers.reverse_step`), then :func:`merge_known` at
-         ``grid[i']`` with fresh noise. ``sampler='ddpm'`` is ancestral sampling:
-         :func:`~conprediff.diffusion.gaussian.ddpm_step` when ``steps == T``, else
-         :func:`~conprediff.diffusion.gaussian.ddim_step` with :math:`\eta = 1` (the ancestral
-         step of the respaced process); ``sampler='ddim'`` uses :math:`\eta = 0` (fast variant;
-         the forward jumps stay stochastic); ``sampler='dpmpp_2m'`` is DPM-Solver++(2M)
-         (Lu et al. 2022), whose history of :math:`\hat x_0` estimates is reset after every
-         jump back (the next step is first order, a DDIM step) and carried across the
-         known-region replacements otherwise.
-       * ``i' > i`` (jump back): :func:`forward_jump` from ``grid[i]`` to ``grid[i']`` on the
-         whole image, i.e. one forward step per unit of the schedule with the exact
-         :math:`q(x_{t'} \mid x_t)` between grid points (composing ``jump_length`` of them is
-         the same law as jumping directly with the cumulative :math:`\bar\alpha` ratio).
-
-    4. The result is ``torch.where(mask, x, image)``: the known pixels are the input's,
-       bit for bit.
-
-    An all-known mask returns a copy of ``image`` without calling ``denoise``; an all-missing
-    mask is plain sampling (with resampling jumps).
+    The algorithm (RePaint's Algorithm 1 on a respaced grid, the samplers' single steps between
+    jumps) is in the module documentation. Known pixels come back bit for bit; an all-known mask
+    returns a copy of ``image`` without calling ``denoise``.
 
     Parameters
     ----------
@@ -233,21 +251,17 @@ def repaint(
         ``(B, C, H, W)`` interpreted by ``prediction``.
     image : torch.Tensor
         ``(B, C, H, W)`` floating point input, in the model's data range (usually [-1, 1]).
-    mask : bool tensor or anything :func:`~conprediff.inpainting.masks.as_mask` accepts
+    mask : anything :func:`~conprediff.inpainting.masks.as_mask` accepts
         True (1, white) where pixels are missing; broadcastable to ``image``.
-    schedule : NoiseSchedule
-        The model's training schedule (``T = schedule.timesteps``).
-    prediction : {'eps', 'v', 'x0'}
-        What ``denoise`` predicts.
+    schedule, prediction : NoiseSchedule, {'eps', 'v', 'x0'}
+        The model's training schedule (``T = schedule.timesteps``); what ``denoise`` predicts.
     steps : int
         Number of grid times, ``1 <= steps <= T`` (RePaint: 250).
     jump_length, jump_n_sample : int
         See :func:`repaint_schedule` (RePaint: 10 and 10; ``jump_n_sample=1`` is plain
         replacement without resampling).
-    generator : torch.Generator, optional
-        Source of all randomness, on ``device``.
-    device : torch.device or str
-        Where the chain runs; the result is on this device.
+    generator, device : torch.Generator (optional), torch.device or str
+        Source of all randomness, and where the chain runs and the result lies.
     progress : bool
         Show a tqdm bar over the schedule's steps.
     sampler : {'ddpm', 'ddim', 'dpmpp_2m'}
@@ -258,20 +272,13 @@ def repaint(
     Returns
     -------
     torch.Tensor
-        ``(B, C, H, W)`` on ``device`` in ``image``'s dtype; equal to ``image`` where ``mask``
-        is False.
+        ``(B, C, H, W)`` on ``device`` in ``image``'s dtype; ``image`` where ``mask`` is False.
     """
     from tqdm.auto import tqdm
 
     denoiser = Denoiser(denoise, schedule, prediction, clip)
     check_choice(sampler, "sampler", SAMPLERS)
-    if not isinstance(image, torch.Tensor) or image.ndim != 4 or not image.is_floating_point():
-        got = (
-            f"{tuple(image.shape)} {image.dtype}"
-            if isinstance(image, torch.Tensor)
-            else type(image).__name__
-        )
-        raise ValueError(f"image must be a floating (B, C, H, W) tensor, got {got}")
+    _check_image(image)
     descent = ddim_timesteps(schedule.timesteps, steps)
     grid = descent[::-1]
     times = repaint_schedule(steps, jump_length, jump_n_sample)
@@ -280,15 +287,9 @@ def repaint(
     mask = as_mask(mask, tuple(image.shape)).to(device)
     if not bool(mask.any()):
         return image.clone()
-    x0 = image.float()
-    shape = tuple(image.shape)
-
-    def at(i: int) -> torch.Tensor:
-        return torch.full((shape[0],), grid[i] if i >= 0 else -1, device=device, dtype=torch.long)
-
-    def randn() -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=device)
-
+    x0, shape = image.float(), tuple(image.shape)
+    at = partial(_time, grid, shape[0], device)
+    randn = partial(torch.randn, shape, generator=generator, device=device)
     x = randn()
     x = merge_known(x, x0, mask, at(times[0]), schedule, randn())
     pairs = list(zip(times[:-1], times[1:], strict=True))
