@@ -53,6 +53,12 @@ def linear_betas(
     return betas.clamp(max=max_beta)
 
 
+def _unit_grid(timesteps: int) -> torch.Tensor:
+    """``(T + 1,)`` float64 ``t / T`` for ``t = 0..T``, ``timesteps`` checked."""
+    timesteps = check_int(timesteps, "timesteps", 1)
+    return torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+
+
 def cosine_betas(timesteps: int, s: float = 8e-3, max_beta: float = 0.999) -> torch.Tensor:
     r"""Cosine schedule (Nichol & Dhariwal 2021).
 
@@ -67,8 +73,7 @@ def cosine_betas(timesteps: int, s: float = 8e-3, max_beta: float = 0.999) -> to
     torch.Tensor
         ``(T,)`` float64 betas in ``(0, max_beta]``.
     """
-    timesteps = check_int(timesteps, "timesteps", 1)
-    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    steps = _unit_grid(timesteps)
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     alpha_bar = f / f[0]
     betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
@@ -93,8 +98,7 @@ def sigmoid_betas(
     torch.Tensor
         ``(T,)`` float64 betas in ``(0, max_beta]``.
     """
-    timesteps = check_int(timesteps, "timesteps", 1)
-    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    steps = _unit_grid(timesteps)
     v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
     v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
     alpha_bar = (-torch.sigmoid((steps * (end - start) + start) / tau) + v_end) / (v_end - v_start)

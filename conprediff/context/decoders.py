@@ -232,16 +232,9 @@ class GaussianDecoder(_GaussianLatent):
 
     Parameters
     ----------
-    in_features : int
-        Feature size ``F`` of :math:`h_i`.
-    out_channels : int
-        Channels ``C`` of the targets.
-    latent_dim : int, default=16
-        Size ``L`` of :math:`\xi`.
-    hidden : int, default=64
-        Width of the trunk's hidden layer.
-    time_dim : int, default=32
-        Size of the sinusoidal timestep embedding.
+    in_features, out_channels, latent_dim, hidden, time_dim : int
+        As for :class:`SampledDecoder`: feature size ``F``, target channels ``C``, size ``L``
+        of :math:`\xi` (default 16), the trunk's width (64), the timestep embedding's (32).
     """
 
     def __init__(

@@ -290,8 +290,7 @@ def class_total_variation(labels1: Any, labels2: Any, n_classes: int | None = No
     labels1, labels2 : array_like of int, shapes (N1,), (N2,)
         Class indices.
     n_classes : int, optional
-        Number of classes: the labels are checked to lie in ``[0, n_classes)``. Classes that
-        occur in neither set change nothing, so it only validates.
+        As in :func:`class_proportion_distance` (only validates the labels).
 
     Returns
     -------

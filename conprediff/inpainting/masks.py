@@ -184,17 +184,8 @@ def narrow(height: int, width: int, seed: Seed = None) -> torch.Tensor:
     Masks whose missing fraction is outside :data:`NARROW_BAND` = ``[0.04, 0.30]`` are redrawn, so
     a mask is never empty nor full. Needs ``height, width >= 4``.
 
-    Parameters
-    ----------
-    height, width : int
-        Image size.
-    seed : int, torch.Generator or None
-        Source of randomness; the same int gives the same mask.
-
-    Returns
-    -------
-    torch.BoolTensor
-        ``(H, W)``, True where missing.
+    Parameters and result as for :func:`wide`: ``height, width`` the image size, ``seed`` an
+    int, a ``torch.Generator`` or None; an ``(H, W)`` bool tensor, True where missing.
     """
     _check_size(height, width, 4)
     g = _generator(seed)
