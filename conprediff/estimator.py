@@ -39,8 +39,8 @@ from ._validation import (
 from .diffusion import SAMPLERS, Denoiser, generate, guided
 from .diffusion.gaussian import check_prediction
 from .persistence import FittedState, load_model, save_model
-from .ranges import from_unit, to_unit
 from .schedules import NoiseSchedule, make_betas
+from .spaces import PixelSpace
 from .training.setup import fit_model, num_classes_of
 
 __all__ = ["ConPreDiffModel", "resolve_device"]
@@ -353,6 +353,10 @@ class ConPreDiffModel(BaseEstimator):
             return self.ema_backbone_
         return self.backbone_
 
+    def _space(self) -> PixelSpace:
+        """Where the fitted model diffuses (see :mod:`conprediff.spaces`)."""
+        return PixelSpace(self.data_range_)
+
     def _check_steps(self, steps: int | None, default: int) -> int:
         """``steps``, or ``min(default, timesteps_)`` when None; must lie in [1, timesteps_]."""
         if steps is None:
@@ -454,15 +458,15 @@ class ConPreDiffModel(BaseEstimator):
             raise ValueError(
                 f"eta applies to sampler='ddim' only, got sampler={sampler!r}, eta={eta!r}"
             )
-        out = []
+        space, out = self._space(), []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             part = None if cond is None else cond[start : start + b]
             denoiser = Denoiser(guided(net, part, null, scale), self._fitted_schedule(),
                                 self.prediction_)
-            x = generate(denoiser, (b, *self.image_shape_), steps, sampler, eta=eta,
-                         generator=gen, device=self.device_, progress=self.verbose > 0)
-            out.append(from_unit(x, self.data_range_).cpu())
+            x = generate(denoiser, (b, *space.point_shape(self.image_shape_)), steps, sampler,
+                         eta=eta, generator=gen, device=self.device_, progress=self.verbose > 0)
+            out.append(space.decode(x).cpu())
         return torch.cat(out)
 
     @torch.no_grad()
@@ -527,12 +531,13 @@ class ConPreDiffModel(BaseEstimator):
         missing = as_mask(mask, tuple(images.shape)).expand_as(images)
         cond, scale, null = self._condition(net, labels, images.shape[0], guidance_scale)
         steps = self._check_steps(steps, default=250)
+        space = self._space()
         filled = repaint(guided(net, cond, null, scale),
-                         to_unit(images, self.data_range_).to(self.device_),
-                         missing.to(self.device_), self._fitted_schedule(), self.prediction_,
-                         steps, jump_length, jump_n_sample, gen, self.device_,
+                         space.encode(images).to(self.device_),
+                         space.point_mask(missing).to(self.device_), self._fitted_schedule(),
+                         self.prediction_, steps, jump_length, jump_n_sample, gen, self.device_,
                          progress=self.verbose > 0, sampler=sampler)
-        out = torch.where(missing, from_unit(filled.float().cpu(), self.data_range_), images)
+        out = torch.where(missing, space.decode(filled.float().cpu()), images)
         return out[0] if single else out
 
     # ------------------------------------------------------------------ persistence

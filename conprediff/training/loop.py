@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from .._validation import check_images, check_labels
 from ..backbones.protocol import check_backbone_output
 from ..diffusion.gaussian import diffusion_loss
-from ..ranges import to_unit
 from ..schedules import NoiseSchedule
+from ..spaces import PixelSpace
 from .checkpoint import write_checkpoint
 from .data import BatchStream, split_batch
 from .distributed import DistInfo, all_min
@@ -116,6 +116,11 @@ class TrainConfig:
     channels_last: bool = False
     num_classes: int | None = None  # class-conditional training when set
     label_dropout: float = 0.0
+    space: Any = None  # what the images are encoded into; PixelSpace(data_range) when None
+
+    def __post_init__(self) -> None:
+        if self.space is None:
+            self.space = PixelSpace(self.data_range)
 
 
 def lr_factor(step: int, warmup: int, schedule: str, total: int) -> float:
@@ -266,7 +271,7 @@ class Trainer:
                 f"data holds images of varying size: expected (C, H, W) = {cfg.image_shape}, "
                 f"got a batch of {tuple(images.shape[1:])}"
             )
-        x0 = to_unit(images.to(cfg.device, non_blocking=True), cfg.data_range)
+        x0 = cfg.space.encode(images.to(cfg.device, non_blocking=True))
         if cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         if cfg.num_classes is None:
