@@ -75,7 +75,8 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
         "conprediff.training.distributed",
     ]),
     ("utilities", "Utilities", [
-        "conprediff.plotting", "conprediff.layers", "conprediff.ranges", "conprediff.persistence",
+        "conprediff.spaces", "conprediff.plotting", "conprediff.layers", "conprediff.ranges",
+        "conprediff.persistence",
         "conprediff.serialization", "conprediff.cli",
     ]),
 ]
