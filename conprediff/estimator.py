@@ -569,8 +569,13 @@ class ConPreDiffModel(BaseEstimator):
         device: str = "auto",
         backbone: nn.Module | None = None,
         classes: Iterable[type] = (),
+        allow_nonfinite: bool = False,
     ) -> ConPreDiffModel:
         """Read a model written by :meth:`save`.
+
+        The file is treated as untrusted data: it is checked as a whole before anything is
+        built, and no code in it runs (see :func:`conprediff.persistence.load_model` and
+        ``docs/security.rst``).
 
         Parameters
         ----------
@@ -582,13 +587,24 @@ class ConPreDiffModel(BaseEstimator):
             ``get_params``; its weights are replaced by the file's.
         classes : iterable of type
             Extra (non-conprediff) component classes allowed to be rebuilt from the file.
+        allow_nonfinite : bool
+            Load weights holding NaN or inf; by default such a file is refused.
 
         Returns
         -------
         ConPreDiffModel
             A fitted model.
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no file at ``path``.
+        ValueError
+            If the file is not a readable model file: damaged, not safetensors, metadata of the
+            wrong type or out of range, weights that do not fit the architecture it describes,
+            or non-finite weights (the message names the file and the key).
         """
-        return load_model(cls, path, device, backbone, classes)
+        return load_model(cls, path, device, backbone, classes, allow_nonfinite)
 
     @property
     def fitted_state_(self) -> FittedState:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 import os
 import tempfile
@@ -28,12 +29,13 @@ import torch
 from sklearn.base import clone
 from torch import nn
 
-from ._validation import check_device
+from ._validation import check_bool, check_data_range, check_device, check_int
 from .serialization import from_jsonable, to_jsonable
 
 __all__ = [
     "FORMAT_VERSION",
     "FittedState",
+    "MAX_TIMESTEPS",
     "atomic_write",
     "copy_config",
     "load_model",
@@ -234,6 +236,161 @@ def save_model(estimator: Any, path: str | Path, include_decoder: bool = True) -
     return write_safetensors(path, tensors, {_META_KEY: json.dumps(meta)})
 
 
+# ---------------------------------------------------------------------------- model files: checks
+#: Largest ``timesteps`` a model file may declare (``make_betas`` allocates ``timesteps`` floats).
+MAX_TIMESTEPS = 100_000
+_MAX_CHANNELS, _MAX_SIDE, _MAX_DEPTH = 4096, 65536, 32
+_PREFIXES = ("backbone", "ema", "context")
+
+
+def _invalid(path: Path, key: str, why: Any) -> ValueError:
+    return ValueError(f"invalid model file {str(path)!r}: {key}: {why}")
+
+
+def _check_version(value: Any, name: str) -> int:
+    if type(value) is not int or value != FORMAT_VERSION:
+        raise ValueError(f"unknown format version {value!r}; this release reads {FORMAT_VERSION}")
+    return value
+
+
+def _check_type(*types: type) -> Callable[[Any, str], Any]:
+    def check(value: Any, name: str) -> Any:
+        if not isinstance(value, types):
+            raise TypeError(f"expected {' or '.join(t.__name__ for t in types)}, "
+                            f"got {type(value).__name__}")
+        return value
+    return check
+
+
+def _check_image_shape(value: Any, name: str) -> tuple[int, int, int]:
+    if not isinstance(value, list) or len(value) != 3:
+        raise ValueError(f"expected [C, H, W], got {value!r}")
+    return (check_int(value[0], "C", 1, _MAX_CHANNELS), check_int(value[1], "H", 1, _MAX_SIDE),
+            check_int(value[2], "W", 1, _MAX_SIDE))
+
+
+def _check_history(value: Any, name: str) -> dict[str, list[float]]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object of lists, got {type(value).__name__}")
+    for key, values in value.items():
+        if not isinstance(values, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        ):
+            raise TypeError(f"{key!r} is not a list of numbers")
+    return value
+
+
+#: The keys of a model file's JSON metadata, each with its check ``check(value, name)``.
+_META_SCHEMA: dict[str, Callable[[Any, str], Any]] = {
+    "format_version": _check_version,
+    "params": _check_type(dict),
+    "backbone": _check_type(dict, type(None)),
+    "image_shape": _check_image_shape,
+    "data_range": lambda v, n: check_data_range(v, n),
+    "n_steps": lambda v, n: check_int(v, n, 0),
+    "seed": lambda v, n: check_int(v, n, 0, 2**64 - 1),
+    "loss_history": _check_history,
+    "has_decoder": check_bool,
+}
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of JSON data, counted without recursion (up to ``_MAX_DEPTH + 1``)."""
+    stack, deepest = [(data, 1)], 0
+    while stack and deepest <= _MAX_DEPTH:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        items = value.values() if isinstance(value, dict) else value
+        if isinstance(value, dict | list):
+            stack.extend((v, depth + 1) for v in items)
+    return deepest
+
+
+def _check_meta(raw: dict[str, str], path: Path) -> dict[str, Any]:
+    """The file's JSON metadata, every key checked against ``_META_SCHEMA``; one ValueError."""
+    if _META_KEY not in raw:
+        raise ValueError(f"{str(path)!r} was not written by ConPreDiffModel.save")
+    try:
+        meta = json.loads(raw[_META_KEY])
+    except (ValueError, RecursionError) as err:
+        raise _invalid(path, _META_KEY, f"not valid JSON ({type(err).__name__})") from None
+    if not isinstance(meta, dict):
+        raise _invalid(path, _META_KEY, f"expected an object, got {type(meta).__name__}")
+    if _depth(meta) > _MAX_DEPTH:
+        raise _invalid(path, _META_KEY, f"nested deeper than {_MAX_DEPTH} levels")
+    for key, check in _META_SCHEMA.items():
+        if key not in meta:
+            raise _invalid(path, key, "missing")
+        try:
+            meta[key] = check(meta[key], key)
+        except (TypeError, ValueError) as err:
+            raise _invalid(path, key, err) from None
+    return meta
+
+
+def _decode(data: Any, classes: tuple[type, ...], path: Path, key: str) -> Any:
+    """``from_jsonable(data)``, every failure (unknown class, bad arguments) a ValueError."""
+    try:
+        return from_jsonable(data, classes)
+    except (ValueError, TypeError, KeyError, AttributeError, ImportError, RecursionError) as err:
+        raise _invalid(path, key, f"{type(err).__name__}: {err}") from None
+
+
+def _check_params(cls: type, data: dict[str, Any], classes: tuple[type, ...],
+                  path: Path) -> dict[str, Any]:
+    """The estimator's parameters decoded and checked as ``fit`` would, before any is used.
+
+    Decoded under ``torch.device('meta')``, so a module named where a parameter belongs
+    allocates nothing; ``timesteps`` is bounded by :data:`MAX_TIMESTEPS`.
+    """
+    names = set(inspect.signature(cls.__init__).parameters) - {"self", "backbone"}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise _invalid(path, f"params.{unknown[0]}", f"not a parameter of {cls.__name__}")
+    try:
+        check_int(data.get("timesteps", 1), "timesteps", 1, MAX_TIMESTEPS)
+    except (TypeError, ValueError) as err:
+        raise _invalid(path, "params.timesteps", err) from None
+    with torch.device("meta"):
+        trial = _decode(data, classes, path, "params")
+    check = getattr(cls(**trial), "_check_params", None)  # the estimator's own checks
+    try:
+        if check is not None:
+            check()
+    except (TypeError, ValueError) as err:
+        raise _invalid(path, "params", err) from None
+    return _decode(data, classes, path, "params")
+
+
+def _header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """``(metadata, {key: shape})`` of a safetensors file, read without its tensors."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+            return f.metadata() or {}, shapes
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file: {err}") from err
+
+
+def _check_shapes(module: nn.Module, shapes: dict[str, tuple[int, ...]], prefix: str,
+                  path: Path) -> None:
+    """ValueError naming the first key where ``module``'s state and the file's ``prefix.``
+    tensors differ (a missing or extra key, or another shape)."""
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    have = {k[len(prefix) + 1 :]: s for k, s in shapes.items() if k.startswith(prefix + ".")}
+    for key in sorted(set(want) | set(have)):
+        if want.get(key) != have.get(key):
+            raise ValueError(
+                f"the weights in {str(path)!r} do not fit the {prefix} module "
+                f"({type(module).__name__}): was it built with other arguments? first differing "
+                f"key {prefix}.{key}: the file holds {have.get(key)}, the module {want.get(key)}"
+            )
+
+
 def _restore(tensors: dict[str, torch.Tensor], prefix: str, module: nn.Module, path: Path,
              device: torch.device) -> nn.Module:
     """Load the ``prefix.`` tensors into ``module`` (strictly); ValueError when they do not fit."""
@@ -250,11 +407,17 @@ def _restore(tensors: dict[str, torch.Tensor], prefix: str, module: nn.Module, p
 
 
 def _backbone_from(meta: dict[str, Any], backbone: nn.Module | None, classes: tuple[type, ...],
-                   path: Path) -> nn.Module:
-    """The architecture the file describes, or the one the caller passes for a custom one."""
+                   path: Path, dry: bool = False) -> nn.Module:
+    """The architecture the file describes, or the one the caller passes for a custom one.
+
+    ``dry`` (the shape check, under ``torch.device('meta')``): the caller's module itself, not
+    a copy, and no warning.
+    """
     if meta["backbone"] is not None:
-        net = from_jsonable(meta["backbone"], classes)
-        if backbone is not None:
+        net = _decode(meta["backbone"], classes, path, "backbone")
+        if not isinstance(net, nn.Module):
+            raise _invalid(path, "backbone", f"{type(net).__name__} is not a torch module")
+        if backbone is not None and not dry:
             warnings.warn(
                 f"backbone= is ignored: {str(path)!r} describes its backbone "
                 f"({type(net).__name__}) itself; it is needed only for a custom backbone "
@@ -264,17 +427,35 @@ def _backbone_from(meta: dict[str, Any], backbone: nn.Module | None, classes: tu
         return net
     if backbone is None:
         raise ValueError("this file holds a custom backbone: pass backbone=<module> to load()")
-    return copy.deepcopy(backbone)
+    return backbone if dry else copy.deepcopy(backbone)
 
 
-def _context_head(model: Any, meta: dict[str, Any], net: nn.Module,
-                  tensors: dict[str, torch.Tensor], path: Path,
-                  device: torch.device) -> nn.Module | None:
-    if not (meta["has_decoder"] and model.context is not None):
-        return None
-    head = model.context.build(net.feature_channels, meta["image_shape"][0])
+def _check_layout(meta: dict[str, Any], context: Any, backbone: nn.Module | None,
+                  classes: tuple[type, ...], shapes: dict[str, tuple[int, ...]],
+                  path: Path) -> bool:
+    """Build the file's modules on the meta device (no memory) and compare their shapes with
+    the file's; True when the file's context decoder fits ``context`` (else a warning)."""
+    stray = [k for k in shapes if k.split(".")[0] not in _PREFIXES]
+    if stray:
+        raise _invalid(path, stray[0], "not a tensor of a model file")
+    channels = meta["image_shape"][0]
+    with torch.device("meta"):
+        net = _backbone_from(meta, backbone, classes, path, dry=True)
+        _check_shapes(net, shapes, "backbone", path)
+        if any(k.startswith("ema.") for k in shapes):
+            _check_shapes(net, shapes, "ema", path)
+        in_channels = getattr(net, "in_channels", None)
+        if isinstance(in_channels, int) and in_channels != channels:
+            raise _invalid(path, "image_shape", f"{channels} channels, but the backbone takes "
+                           f"{in_channels}")
+        if not (meta["has_decoder"] and context is not None):
+            return False
+        try:
+            head = context.build(net.feature_channels, channels)
+        except (TypeError, ValueError, AttributeError) as err:
+            raise _invalid(path, "params.context", err) from None
     try:
-        return _restore(tensors, "context", head, path, device)
+        _check_shapes(head, shapes, "context", path)
     except ValueError as err:  # written before save stored the fitted context
         warnings.warn(
             f"the context decoder in {str(path)!r} does not match the file's context "
@@ -282,21 +463,43 @@ def _context_head(model: Any, meta: dict[str, Any], net: nn.Module,
             f"which sampling and inpainting do not use: {str(err).splitlines()[0]}",
             stacklevel=4,
         )
-        return None
+        return False
+    return True
+
+
+def _read_tensors(path: Path, allow_nonfinite: bool) -> dict[str, torch.Tensor]:
+    """The file's tensors; ValueError naming the first one holding NaN or inf, unless allowed."""
+    tensors = read_safetensors(path, "model file")[1]
+    for key, value in tensors.items():
+        if not allow_nonfinite and value.is_floating_point() and not bool(
+            torch.isfinite(value).all()
+        ):
+            raise ValueError(
+                f"tensor {key!r} in {str(path)!r} holds non-finite values (NaN or inf); pass "
+                "allow_nonfinite=True to load it anyway"
+            )
+    return tensors
 
 
 def load_model(cls: type, path: str | Path, device: str = "auto",
-               backbone: nn.Module | None = None, classes: Iterable[type] = ()) -> Any:
-    """Read a file written by :func:`save_model` into a fitted ``cls`` instance."""
+               backbone: nn.Module | None = None, classes: Iterable[type] = (),
+               allow_nonfinite: bool = False) -> Any:
+    """Read a file written by :func:`save_model` into a fitted ``cls`` instance.
+
+    The file is data, checked before anything is built: its JSON metadata as a whole (every
+    key's type and range, the estimator's parameters as ``fit`` checks them), then the
+    modules it describes, built on the meta device, against the tensor shapes in its header.
+    Only then are the tensors read (non-finite ones refused unless ``allow_nonfinite``) and
+    the modules built for real. Every failure is one ``ValueError`` naming the file and the
+    key (``FileNotFoundError`` when there is no file).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {str(path)!r}")
-    raw, tensors = read_safetensors(path, "model file")
-    if _META_KEY not in raw:
-        raise ValueError(f"{str(path)!r} was not written by ConPreDiffModel.save")
-    meta = json.loads(raw[_META_KEY])
+    raw, shapes = _header(path)
+    meta = _check_meta(raw, path)
     classes = tuple(classes)
-    params = from_jsonable(meta["params"], classes)
+    params = _check_params(cls, meta["params"], classes, path)
+    has_head = _check_layout(meta, params.get("context"), backbone, classes, shapes, path)
+    tensors = _read_tensors(path, allow_nonfinite)
     net = _backbone_from(meta, backbone, classes, path)
     model = cls(backbone=copy.deepcopy(net), **params)
     dev = check_device(device)
@@ -304,10 +507,14 @@ def load_model(cls: type, path: str | Path, device: str = "auto",
     ema = None
     if any(k.startswith("ema.") for k in tensors):
         ema = _restore(tensors, "ema", copy.deepcopy(net), path, dev).requires_grad_(False)
+    head = None
+    if has_head:
+        head = model.context.build(net.feature_channels, meta["image_shape"][0])
+        head = _restore(tensors, "context", head, path, dev)
     FittedState(
         backbone=net,
         ema_backbone=ema,
-        context_head=_context_head(model, meta, net, tensors, path, dev),
+        context_head=head,
         context=copy_config(model.context),
         image_shape=tuple(meta["image_shape"]),
         data_range=tuple(meta["data_range"]),
