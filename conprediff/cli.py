@@ -225,10 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"demo": _demo, "train": _train, "sample": _sample, "inpaint": _inpaint}
         commands[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except _INPUT_ERRORS as err:
         print(f"conprediff {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+#: What a bad input raises (a missing or damaged file, an image PIL cannot read, which is an
+#: ``OSError``, a wrong value or type, a diverging run): reported in one line with exit code 2.
+_INPUT_ERRORS = (ValueError, TypeError, OSError, FloatingPointError, MemoryError)
 
 
 if __name__ == "__main__":  # pragma: no cover

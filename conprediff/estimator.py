@@ -19,6 +19,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ._resources import check_output_size
 from ._validation import (
     as_is,
     check_bool,
@@ -413,7 +414,7 @@ class ConPreDiffModel(BaseEstimator):
         Parameters
         ----------
         n : int
-            Number of images.
+            Number of images; over half the free memory (``n*C*H*W*4`` bytes) is a ValueError.
         steps : int, optional
             Reverse steps (at most ``timesteps``), respaced evenly; default 50, or ``timesteps``
             if that is smaller.
@@ -447,7 +448,7 @@ class ConPreDiffModel(BaseEstimator):
             ``(n, C, H, W)`` float32 on the CPU, in the data's range.
         """
         net = self._network(use_ema)
-        n = check_int(n, "n", 1)
+        n = check_output_size(check_int(n, "n", 1), self.image_shape_)  # fails before step 1
         cond, scale, null = self._condition(net, labels, n, guidance_scale)
         steps = self._check_steps(steps, default=50)
         batch_size = check_int(batch_size, "batch_size", 1)
@@ -568,14 +569,9 @@ class ConPreDiffModel(BaseEstimator):
         path: str | Path,
         device: str = "auto",
         backbone: nn.Module | None = None,
-        classes: Iterable[type] = (),
-        allow_nonfinite: bool = False,
+        classes: Iterable[type] = (), allow_nonfinite: bool = False,
     ) -> ConPreDiffModel:
-        """Read a model written by :meth:`save`.
-
-        The file is treated as untrusted data: it is checked as a whole before anything is
-        built, and no code in it runs (see :func:`conprediff.persistence.load_model` and
-        ``docs/security.rst``).
+        """Read a model written by :meth:`save`; the file is checked, no code in it runs.
 
         Parameters
         ----------
@@ -588,21 +584,12 @@ class ConPreDiffModel(BaseEstimator):
         classes : iterable of type
             Extra (non-conprediff) component classes allowed to be rebuilt from the file.
         allow_nonfinite : bool
-            Load weights holding NaN or inf; by default such a file is refused.
+            Load weights holding NaN or inf (by default a ValueError, as any damaged file).
 
         Returns
         -------
         ConPreDiffModel
             A fitted model.
-
-        Raises
-        ------
-        FileNotFoundError
-            If there is no file at ``path``.
-        ValueError
-            If the file is not a readable model file: damaged, not safetensors, metadata of the
-            wrong type or out of range, weights that do not fit the architecture it describes,
-            or non-finite weights (the message names the file and the key).
         """
         return load_model(cls, path, device, backbone, classes, allow_nonfinite)
 

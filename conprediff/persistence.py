@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from sklearn.base import clone
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ._validation import check_bool, check_data_range, check_device, check_int
 from .serialization import from_jsonable, to_jsonable
@@ -243,6 +244,32 @@ _MAX_CHANNELS, _MAX_SIDE, _MAX_DEPTH = 4096, 65536, 32
 _PREFIXES = ("backbone", "ema", "context")
 
 
+class _SkipRandomFills(TorchFunctionMode):
+    """Make in-place random fills (``normal_``, ``uniform_``...) no-ops: on the meta device
+    there is nothing to fill, and torch's meta ``normal_`` is slow to set up."""
+
+    SKIP = frozenset(
+        [getattr(torch.Tensor, f"{name}_") for name in ("normal", "uniform", "bernoulli", "random",
+                                                         "exponential", "log_normal", "cauchy")]
+        + [getattr(nn.init, f"{name}_") for name in ("normal", "uniform", "trunc_normal",
+                                                      "kaiming_normal", "kaiming_uniform",
+                                                      "xavier_normal", "xavier_uniform",
+                                                      "orthogonal", "sparse")]
+    )
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        if func in self.SKIP:  # the tensor filled: the first argument, or nn.init's tensor=
+            return args[0] if args else (kwargs or {})["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _on_meta() -> Iterator[None]:
+    """Build modules without memory: ``torch.device('meta')``, random fills skipped."""
+    with torch.device("meta"), _SkipRandomFills():
+        yield
+
+
 def _invalid(path: Path, key: str, why: Any) -> ValueError:
     return ValueError(f"invalid model file {str(path)!r}: {key}: {why}")
 
@@ -351,7 +378,7 @@ def _check_params(cls: type, data: dict[str, Any], classes: tuple[type, ...],
         check_int(data.get("timesteps", 1), "timesteps", 1, MAX_TIMESTEPS)
     except (TypeError, ValueError) as err:
         raise _invalid(path, "params.timesteps", err) from None
-    with torch.device("meta"):
+    with _on_meta():
         trial = _decode(data, classes, path, "params")
     check = getattr(cls(**trial), "_check_params", None)  # the estimator's own checks
     try:
@@ -439,7 +466,7 @@ def _check_layout(meta: dict[str, Any], context: Any, backbone: nn.Module | None
     if stray:
         raise _invalid(path, stray[0], "not a tensor of a model file")
     channels = meta["image_shape"][0]
-    with torch.device("meta"):
+    with _on_meta():
         net = _backbone_from(meta, backbone, classes, path, dry=True)
         _check_shapes(net, shapes, "backbone", path)
         if any(k.startswith("ema.") for k in shapes):

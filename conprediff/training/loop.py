@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import check_images, check_labels
+from .._validation import check_images, check_in_range, check_labels
 from ..backbones.protocol import check_backbone_output
 from ..diffusion.gaussian import diffusion_loss
 from ..schedules import NoiseSchedule
@@ -262,7 +262,10 @@ class Trainer:
 
     # --------------------------------------------------------------------- steps
     def _images(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The batch's images in ``[-1, 1]`` on the device, and its labels when conditional."""
+        """The batch's images in ``[-1, 1]`` on the device, and its labels when conditional.
+
+        Each batch must lie in ``data_range`` (up to 2 % of its width, as at ``fit``).
+        """
         cfg = self.config
         images, labels = split_batch(batch)
         images = check_images(images, "data")
@@ -271,6 +274,10 @@ class Trainer:
                 f"data holds images of varying size: expected (C, H, W) = {cfg.image_shape}, "
                 f"got a batch of {tuple(images.shape[1:])}"
             )
+        try:  # every batch, not only the one the range was inferred from
+            check_in_range(images, cfg.data_range, "data")
+        except ValueError as err:
+            raise ValueError(f"the batch of step {self.state.step}: {err}") from None
         x0 = cfg.space.encode(images.to(cfg.device, non_blocking=True))
         if cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
