@@ -244,9 +244,11 @@ _MAX_CHANNELS, _MAX_SIDE, _MAX_DEPTH = 4096, 65536, 32
 _PREFIXES = ("backbone", "ema", "context")
 
 
-class _SkipRandomFills(TorchFunctionMode):
-    """Make in-place random fills (``normal_``, ``uniform_``...) no-ops: on the meta device
-    there is nothing to fill, and torch's meta ``normal_`` is slow to set up."""
+class _MetaBuild(TorchFunctionMode):
+    """Count the tensors created, at most ``budget``, and make in-place random fills (``normal_``,
+    ``uniform_``...) no-ops: on the meta device there is nothing to fill, and torch's meta
+    ``normal_`` is slow to set up. The budget stops a file describing a module of millions of
+    layers while they are built, long before they would be compared with the file."""
 
     SKIP = frozenset(
         [getattr(torch.Tensor, f"{name}_") for name in ("normal", "uniform", "bernoulli", "random",
@@ -257,16 +259,30 @@ class _SkipRandomFills(TorchFunctionMode):
                                                       "orthogonal", "sparse")]
     )
 
+    FACTORIES = frozenset(getattr(torch, name) for name in (
+        "empty", "empty_strided", "zeros", "ones", "full", "rand", "randn", "randint", "tensor",
+        "as_tensor", "arange", "linspace", "logspace", "eye", "zeros_like", "ones_like",
+        "empty_like", "full_like", "rand_like", "randn_like"))
+
+    def __init__(self, budget: int):
+        super().__init__()
+        self.budget = budget
+
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        if func in self.FACTORIES:  # never raise elsewhere: no_grad's exit is a call too
+            self.budget -= 1
+            if self.budget < 0:
+                raise ValueError("describes a module far larger than the weights the file holds")
         if func in self.SKIP:  # the tensor filled: the first argument, or nn.init's tensor=
             return args[0] if args else (kwargs or {})["tensor"]
         return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
-def _on_meta() -> Iterator[None]:
-    """Build modules without memory: ``torch.device('meta')``, random fills skipped."""
-    with torch.device("meta"), _SkipRandomFills():
+def _on_meta(n_tensors: int = 0) -> Iterator[None]:
+    """Build modules without memory: ``torch.device('meta')``, random fills skipped, at most
+    ``1000 + 4 * n_tensors`` tensors created (one per tensor a module holds, and temporaries)."""
+    with torch.device("meta"), _MetaBuild(1000 + 4 * n_tensors):
         yield
 
 
@@ -466,7 +482,7 @@ def _check_layout(meta: dict[str, Any], context: Any, backbone: nn.Module | None
     if stray:
         raise _invalid(path, stray[0], "not a tensor of a model file")
     channels = meta["image_shape"][0]
-    with _on_meta():
+    with _on_meta(len(shapes)):
         net = _backbone_from(meta, backbone, classes, path, dry=True)
         _check_shapes(net, shapes, "backbone", path)
         if any(k.startswith("ema.") for k in shapes):

@@ -46,6 +46,7 @@ BAD_META = {
     "oversized_base_channels": _set("backbone.params.base_channels", 768),
     "float_in_channels": _set("backbone.params.in_channels", 3e6),
     "huge_in_channels": _set("backbone.params.in_channels", 3_000_000),
+    "million_res_blocks": _set("backbone.params.num_res_blocks", 10**6),
     "negative_base_channels": _set("backbone.params.base_channels", -8),
     "negative_image_shape": _set("image_shape", [-1, 8, 8]),
     "huge_image_shape": _set("image_shape", [1, 10**9, 8]),
@@ -196,7 +197,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
 
 
 def test_crafted_files_allocate_nothing_large(tmp_path):
-    names = ["oversized_base_channels", "huge_in_channels", "timesteps_3e8",
+    names = ["oversized_base_channels", "huge_in_channels", "million_res_blocks", "timesteps_3e8",
              "huge_image_shape", "module_as_lr", "deep_json_100000", "nan_weights"]
     paths = [str(_crafted(tmp_path, name)) for name in names]
     out = subprocess.run([sys.executable, "-c", _MEASURE, str(GOOD), *paths],
