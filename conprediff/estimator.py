@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,6 @@ from torch import nn
 
 from ._resources import check_output_size
 from ._validation import (
-    as_is,
-    check_bool,
     check_choice,
     check_device,
     check_image_or_batch,
@@ -30,17 +27,11 @@ from ._validation import (
     check_labels,
     check_real,
     check_seed,
-    context_or_none,
-    int_between,
-    module_or_none,
-    one_of,
-    range_or_auto,
-    real_between,
 )
 from .diffusion import SAMPLERS, Denoiser, generate, guided
-from .diffusion.gaussian import check_prediction
+from .parameters import check_params
 from .persistence import FittedState, load_model, save_model
-from .schedules import NoiseSchedule, make_betas
+from .schedules import NoiseSchedule
 from .spaces import PixelSpace
 from .training.setup import fit_model, num_classes_of
 
@@ -49,40 +40,6 @@ __all__ = ["ConPreDiffModel", "resolve_device"]
 #: Kept for compatibility: :func:`conprediff._validation.check_device`.
 resolve_device = check_device
 
-_MAX_SEED = 2**63 - 16  # fit seeds its generators with seed + 0..4 (torch takes < 2**64)
-
-
-#: How each constructor argument is checked at ``fit`` (one line each; see ``_validation``).
-_PARAMETERS: dict[str, Callable[[Any, str], Any]] = {
-    "backbone": module_or_none,
-    "context": context_or_none,
-    "schedule": as_is,  # with timesteps, by make_betas
-    "timesteps": as_is,
-    "prediction": lambda v, n: check_prediction(v),
-    "min_snr_gamma": real_between(0.0, low_open=True, optional=True),
-    "lr": real_between(0.0, low_open=True),
-    "weight_decay": real_between(0.0),
-    "batch_size": int_between(1),
-    "max_steps": int_between(1),
-    "epochs": int_between(1, optional=True),
-    "ema_decay": real_between(0.0, 1.0, high_open=True, optional=True),
-    "precision": one_of("fp32", "bf16", "fp16"),
-    "compile": check_bool,
-    "grad_accum_steps": int_between(1),
-    "grad_clip": real_between(0.0, low_open=True, optional=True),
-    "lr_warmup_steps": int_between(0),
-    "lr_schedule": one_of("constant", "cosine", "linear"),
-    "on_nonfinite": one_of("raise", "skip"),
-    "log_every": int_between(1),
-    "checkpoint_dir": as_is,
-    "checkpoint_every": int_between(1, optional=True),
-    "keep_checkpoints": int_between(1),
-    "data_range": range_or_auto,
-    "device": as_is,  # resolved by fit
-    "seed": partial(check_int, minimum=0, maximum=_MAX_SEED, optional=True),
-    "verbose": int_between(0),
-    "label_dropout": real_between(0.0, 1.0, high_open=True),
-}
 
 
 class ConPreDiffModel(BaseEstimator):
@@ -285,12 +242,7 @@ class ConPreDiffModel(BaseEstimator):
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> dict[str, Any]:
         """Every parameter checked, by name (numbers as plain ``int``/``float``)."""
-        make_betas(self.schedule, self.timesteps)  # validates schedule and timesteps
-        p = {name: check(getattr(self, name), name) for name, check in _PARAMETERS.items()}
-        p["timesteps"] = int(self.timesteps)
-        if p["checkpoint_every"] is not None and p["checkpoint_dir"] is None:
-            raise ValueError("checkpoint_every needs checkpoint_dir to be set")
-        return p
+        return check_params(self.get_params(deep=False))
 
     def _fitted_schedule(self) -> NoiseSchedule:
         """The schedule the model was trained with (parameters changed after fit do not count)."""

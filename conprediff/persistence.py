@@ -31,6 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._validation import check_bool, check_data_range, check_device, check_int
+from .parameters import check_params
 from .serialization import from_jsonable, to_jsonable
 
 __all__ = [
@@ -396,10 +397,10 @@ def _check_params(cls: type, data: dict[str, Any], classes: tuple[type, ...],
         raise _invalid(path, "params.timesteps", err) from None
     with _on_meta():
         trial = _decode(data, classes, path, "params")
-    check = getattr(cls(**trial), "_check_params", None)  # the estimator's own checks
+    estimator = cls(**trial)
     try:
-        if check is not None:
-            check()
+        if hasattr(estimator, "get_params"):
+            check_params(estimator.get_params(deep=False))  # the checks fit runs
     except (TypeError, ValueError) as err:
         raise _invalid(path, "params", err) from None
     return _decode(data, classes, path, "params")

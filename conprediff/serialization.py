@@ -61,13 +61,13 @@ def to_jsonable(value: Any, name: str = "value") -> Any:
 
 
 def class_path(cls: type) -> str:
-    """``module.QualName`` of ``cls``, by the shortest package that exports it.
+    """``module.QualName`` of ``cls``, by the innermost package above its module that exports it.
 
     ``conprediff.wasserstein.one_d.SortedW2`` is written ``conprediff.wasserstein.SortedW2``, so
     files keep naming a class by its public path when the module that defines it moves.
     """
     parts = cls.__module__.split(".")
-    for i in range(1, len(parts) + 1):
+    for i in range(len(parts) - 1, 0, -1):
         name = ".".join(parts[:i])
         module = sys.modules.get(name)
         if module is not None and getattr(module, cls.__qualname__, None) is cls:

@@ -76,7 +76,7 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
     ]),
     ("utilities", "Utilities", [
         "conprediff.spaces", "conprediff.plotting", "conprediff.layers", "conprediff.ranges",
-        "conprediff.persistence",
+        "conprediff.persistence", "conprediff.parameters",
         "conprediff.serialization", "conprediff.cli",
     ]),
 ]

@@ -240,7 +240,7 @@ def test_gaussian_equals_pot_bures_wasserstein(covariance, prob):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
         # and the call on the points is the closed form of their moments
         unreg = m.from_moments(mx, cx - ridge, my, cy - ridge)
-        torch.testing.assert_close(m(x, y, a, b), unreg, rtol=0, atol=1e-9)
+        torch.testing.assert_close(m(x, y, a, b), unreg, rtol=1e-9, atol=1e-9)  # (c - r) + r
 
 
 def test_weighted_moments_by_hand():
@@ -818,4 +818,5 @@ def test_files_written_before_the_package_split_still_load(name, cls):
     got = from_jsonable({"__class__": f"conprediff.wasserstein.{name}", "params": params})
     assert type(got) is cls
     assert got.validate is False
-    assert to_jsonable(got)["__class__"] == f"{cls.__module__}.{cls.__qualname__}"
+    # and new files keep naming them by that public path, wherever the class is defined
+    assert to_jsonable(got)["__class__"] == f"conprediff.wasserstein.{name}"
