@@ -39,6 +39,7 @@ def check_output_size(n: int, item_shape: Sequence[int], name: str = "n",
         raise ValueError(
             f"{name}={n} images of shape {tuple(item_shape)} take {size / 2**30:.1f} GiB, more "
             f"than the {limit / 2**30:.1f} GiB allowed (half the free memory): sample in "
-            f"chunks, e.g. calls of a smaller {name} with different seeds"
+            f"chunks to disk with conprediff.export.sample_to_folder(model, {n}, folder) or "
+            f"'conprediff sample --n {n} --out folder/'"
         )
     return n

@@ -33,6 +33,7 @@ __all__ = [
     "check_labels",
     "check_real",
     "check_seed",
+    "integer_labels",
     "is_int",
 ]
 
@@ -203,7 +204,7 @@ def check_images(x: Any, name: str = "data") -> torch.Tensor:
             f"{name} must be 4-dimensional (N, C, H, W), got {x.ndim} dimensions with shape "
             f"{tuple(x.shape)}{hint}"
         )
-    if x.shape[3] in (1, 3, 4) and x.shape[1] == x.shape[2] > 4:
+    if x.shape[3] in (1, 3, 4) and x.shape[1] > 4 and x.shape[2] > 4:
         raise ValueError(
             f"{name} of shape {tuple(x.shape)} looks channels-last (N, H, W, C); conprediff "
             f"expects (N, C, H, W): use x.permute(0, 3, 1, 2) (numpy: x.transpose(0, 3, 1, 2))"
@@ -235,6 +236,38 @@ def check_in_range(
         )
 
 
+def integer_labels(labels: Any, name: str = "labels") -> np.ndarray | int:
+    """``labels`` as an integer array (or one Python int), refusing every other kind clearly.
+
+    Raises
+    ------
+    ValueError
+        If the labels are not integers: booleans, floats, and strings (class names, for which
+        the message shows how to number them).
+    """
+    if isinstance(labels, torch.Tensor):
+        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"{name} must be integers, got dtype {labels.dtype}")
+        return labels.detach().cpu().numpy()
+    if is_int(labels):
+        return labels  # a Python int of any size: the caller checks its range
+    try:
+        values = np.asarray(labels)
+    except ValueError as err:  # ragged sequences
+        raise ValueError(f"{name} must be integers, got {type(labels).__name__}: {err}") from None
+    if values.dtype.kind in "USO" and values.size:
+        example = values.reshape(-1)[0]
+        example = example.item() if isinstance(example, np.generic) else example
+        kind = "strings" if isinstance(example, str | bytes) else f"{type(example).__name__} values"
+        raise ValueError(
+            f"{name} must be integers, got {kind} such as {example!r}: "
+            "number the classes, e.g. names, y = numpy.unique(y, return_inverse=True)"
+        )
+    if values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got {values.dtype} values")
+    return values
+
+
 def check_labels(labels: Any, num_classes: int, n: int, name: str = "labels") -> torch.Tensor:
     """Validate ``n`` class labels in ``[0, num_classes)`` and return them as an int64 tensor.
 
@@ -253,16 +286,7 @@ def check_labels(labels: Any, num_classes: int, n: int, name: str = "labels") ->
             f"the backbone is class-conditional (num_classes={num_classes}) but the {name} are "
             "missing: pass y= to fit, or let the data yield (images, labels)"
         )
-    if isinstance(labels, torch.Tensor):
-        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-            raise ValueError(f"{name} must be integers, got dtype {labels.dtype}")
-        values = labels.detach().cpu().numpy()
-    elif is_int(labels):
-        values = labels  # a Python int of any size: checked against the range below
-    else:
-        values = np.asarray(labels)
-        if values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.integer):
-            raise ValueError(f"{name} must be integers, got {values.dtype} values")
+    values = integer_labels(labels, name)
     if np.ndim(values) == 0:
         lo = hi = int(values)
     else:

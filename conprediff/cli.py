@@ -6,6 +6,7 @@ Run ``conprediff <command> --help`` for the options of each command.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,11 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_training_args(train, steps=5000)
 
-    sample = sub.add_parser("sample", help="sample a saved model into a PNG grid")
+    sample = sub.add_parser(
+        "sample", help="sample a saved model into a PNG grid, or into a folder of PNG files")
     sample.add_argument("model", help="a file written by train (or ConPreDiffModel.save)")
     sample.add_argument("--n", type=int, default=64, help="images (%(default)s)")
-    sample.add_argument("--out", default="samples.png", help="PNG grid (%(default)s)")
-    sample.add_argument("--steps", type=int, default=50, help="DDIM steps (%(default)s)")
+    sample.add_argument(
+        "--out", default="samples.png",
+        help="a PNG grid (%(default)s), or a folder (a path ending in '/', or an existing "
+             "folder): one PNG per image, sampled in chunks of --batch-size, as FID needs")
+    sample.add_argument("--steps", type=int, default=50, help="sampler steps (%(default)s)")
+    sample.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "dpmpp_2m"),
+                        help="reverse process (%(default)s)")
+    sample.add_argument("--batch-size", type=int, default=256,
+                        help="images per forward pass and per chunk (%(default)s)")
+    sample.add_argument("--resume", action="store_true",
+                        help="into a folder: keep the chunks already written")
     sample.add_argument("--seed", type=int, default=0, help="sampling seed (%(default)s)")
     sample.add_argument("--label", type=int, default=None,
                         help="class of every image (a conditional model; default unconditional)")
@@ -173,34 +184,31 @@ def _train(args: argparse.Namespace) -> None:
 
 def _sample(args: argparse.Namespace) -> None:
     from .estimator import ConPreDiffModel
+    from .export import sample_to_folder
     from .plotting import save_image_grid
 
     model = ConPreDiffModel.load(args.model, device=args.device)
-    images = model.sample(args.n, steps=args.steps, seed=args.seed, labels=args.label,
-                          guidance_scale=args.guidance_scale)
+    kwargs = {"steps": args.steps, "sampler": args.sampler, "labels": args.label,
+              "guidance_scale": args.guidance_scale, "batch_size": args.batch_size}
+    if args.out.endswith(("/", os.sep)) or Path(args.out).is_dir():
+        print(sample_to_folder(model, args.n, args.out, seed=args.seed, resume=args.resume,
+                               **kwargs))
+        return
+    images = model.sample(args.n, seed=args.seed, **kwargs)
     print(save_image_grid(images, args.out, data_range=model.data_range_))
-
-
-def _read_image(path: str, channels: int):
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(arr.copy()) / 255.0
 
 
 def _inpaint(args: argparse.Namespace) -> None:
     import numpy as np
     from PIL import Image
 
+    from .data import read_image
     from .estimator import ConPreDiffModel
 
     model = ConPreDiffModel.load(args.model, device=args.device)
     lo, hi = model.data_range_
-    image = _read_image(args.image, model.image_shape_[0]) * (hi - lo) + lo
+    unit = (read_image(args.image, "L" if model.image_shape_[0] == 1 else "RGB") + 1) / 2
+    image = unit * (hi - lo) + lo
     with Image.open(args.mask) as m:
         mask = m.convert("L")
         mask = mask.point(lambda v: 255 if v >= 128 else 0)

@@ -75,7 +75,7 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
         "conprediff.training.distributed",
     ]),
     ("utilities", "Utilities", [
-        "conprediff.spaces", "conprediff.plotting", "conprediff.layers", "conprediff.ranges",
+        "conprediff.spaces", "conprediff.export", "conprediff.plotting", "conprediff.layers", "conprediff.ranges",
         "conprediff.persistence", "conprediff.parameters",
         "conprediff.serialization", "conprediff.cli",
     ]),

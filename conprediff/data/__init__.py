@@ -2,5 +2,6 @@
 
 from .digits import load_digits_images, load_mnist_images
 from .folder import IMAGE_SUFFIXES, ImageFolder
+from .images import read_image
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFolder", "load_digits_images", "load_mnist_images"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFolder", "load_digits_images", "load_mnist_images", "read_image"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .._validation import check_bool, check_choice, check_int, is_int
+from .images import read_image
 
 __all__ = ["ImageFolder", "IMAGE_SUFFIXES"]
 
@@ -55,7 +55,8 @@ class ImageFolder(Dataset):
 
     Notes
     -----
-    Items are float32 in ``[-1, 1]`` (``x / 127.5 - 1``).
+    Items are float32 in ``[-1, 1]``, read by :func:`~conprediff.data.read_image` (16-bit files
+    at their full range; a file that is not an image gives a ``ValueError`` naming it).
     """
 
     def __init__(
@@ -96,16 +97,5 @@ class ImageFolder(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        with Image.open(self.paths[index]) as img:
-            img = img.convert(self.mode)
-            if self.size is not None:
-                img = img.resize((self.size[1], self.size[0]), Image.BICUBIC)
-            arr = np.asarray(img, dtype=np.float32)
-        if arr.ndim == 2:
-            arr = arr[None]
-        else:
-            arr = arr.transpose(2, 0, 1)
-        image = torch.from_numpy(arr.copy()) / 127.5 - 1.0
+        image = read_image(self.paths[index], self.mode, self.size)
         return (image, self._targets[index]) if self.labels else image

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from .._validation import check_images, check_in_range, check_labels
+from .._validation import check_images, check_in_range, check_labels, integer_labels
 from ..ranges import from_unit, infer_data_range, to_unit
 
 __all__ = [
@@ -75,6 +75,8 @@ def as_loader(
         images = check_images(data, "data")
         tensors = [images]
         if y is not None:
+            if not isinstance(y, torch.Tensor) and np.asarray(y).dtype.kind in "USO":
+                integer_labels(y, "labels y")  # raises: class names, not class numbers
             labels = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y
             if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
                 raise ValueError(
