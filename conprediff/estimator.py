@@ -271,10 +271,18 @@ class ConPreDiffModel(BaseEstimator):
             an unconditional backbone ignores labels.
         resume : {'latest'} or path, optional
             Continue a run from a checkpoint: ``'latest'`` takes the newest readable checkpoint
-            in ``checkpoint_dir`` (falling back to an older one if the newest is damaged, and
-            starting afresh with a warning if there is none); a path takes that file. The model
-            must be constructed with the same parameters and given the same data; the run then
-            continues exactly as if it had not stopped.
+            in ``checkpoint_dir``; a path takes that file. A checkpoint is damaged when its
+            checksum does not match or an entry is missing or malformed: ``'latest'`` then
+            warns, naming it, renames it to ``<name>.corrupt`` (kept for inspection, never
+            overwritten) and falls back to the previous one, and starts afresh with a warning
+            when none is readable; a damaged path raises ``CheckpointError``. The model must be
+            constructed with the same parameters and given the same data: a changed training
+            argument (``lr``, ``batch_size``, ``grad_accum_steps``, ``weight_decay``,
+            ``ema_decay``, ``precision``, ``prediction``, ``timesteps``, ``schedule``,
+            ``min_snr_gamma``, ``label_dropout``, ``lr_schedule``, ``lr_warmup_steps``,
+            ``grad_clip``, ``on_nonfinite``, ``seed``) raises a ``ValueError`` naming each;
+            ``max_steps`` or ``epochs`` may grow to extend the run. The run then continues
+            exactly as if it had not stopped.
         callback : callable, optional
             Called on rank 0 every ``log_every`` steps with a dict: ``step``, each loss term,
             ``lr`` and ``images_per_second``.

@@ -163,8 +163,14 @@ class Trainer:
     seed : int
         Seeds the noise (``seed + 2``) and context (``seed + 3``) generators.
     ema_decay : float, optional
+    weight_decay : float
+        AdamW's weight decay (default 0).
     compile : bool
         ``torch.compile`` the backbone.
+    train_args : dict, optional
+        The training arguments the run depends on (plain values by name), recorded in every
+        checkpoint as ``train_args`` so that a resume with other ones can be refused (see
+        ``conprediff.training.setup.check_resume``). None records none.
     """
 
     def __init__(
@@ -177,6 +183,7 @@ class Trainer:
         ema_decay: float | None = None,
         weight_decay: float = 0.0,
         compile: bool = False,
+        train_args: dict[str, Any] | None = None,
     ):
         self.objective = objective
         self.stream = stream
@@ -184,6 +191,7 @@ class Trainer:
         self.dist = dist_info
         device = config.device
         self.seed = seed
+        self.train_args = dict(train_args) if train_args is not None else None
         self.noise_generator = torch.Generator(device).manual_seed(seed + 2)
         self.context_generator = torch.Generator(device).manual_seed(seed + 3)
         if config.channels_last:
@@ -230,6 +238,7 @@ class Trainer:
             else {"module": self.ema.module.state_dict(), "num_updates": self.ema.num_updates},
             "data": self.stream.state_dict(),
             "rng": rng,
+            **({} if self.train_args is None else {"train_args": dict(self.train_args)}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -26,7 +26,14 @@ from .checkpoint import read_checkpoint, read_latest_checkpoint
 from .data import BatchStream, as_loader, split_batch
 from .loop import DiffusionObjective, TrainConfig, Trainer
 
-__all__ = ["check_resume", "fit_model", "num_classes_of", "read_resume_state"]
+__all__ = ["TRAIN_ARGS", "check_resume", "fit_model", "num_classes_of", "read_resume_state"]
+
+#: The estimator's parameters a run depends on: recorded in every checkpoint, and a resume that
+#: changes one is refused. The others may change on resume: ``max_steps`` and ``epochs`` (to
+#: extend a run), ``verbose``, ``log_every``, the checkpoint settings, ``device`` and ``compile``.
+TRAIN_ARGS = ("lr", "batch_size", "grad_accum_steps", "weight_decay", "ema_decay", "precision",
+              "prediction", "timesteps", "schedule", "min_snr_gamma", "label_dropout",
+              "lr_schedule", "lr_warmup_steps", "grad_clip", "on_nonfinite")
 
 
 def num_classes_of(backbone: Any) -> int | None:
@@ -53,24 +60,33 @@ def _random_seed(dist_info: distributed.DistInfo) -> int:
 
 def read_resume_state(resume: str | Path, checkpoint_dir: str | Path | None
                       ) -> dict[str, Any] | None:
-    """The checkpoint state ``fit(resume=...)`` continues from (None: start afresh)."""
+    """The checkpoint state ``fit(resume=...)`` continues from (None: start afresh).
+
+    ``'latest'``: the newest readable checkpoint in ``checkpoint_dir``, passing over damaged
+    ones (each warned about and renamed to ``<name>.corrupt``); a warning and None when there is
+    none (the message names the damaged files kept). A path: that file, which must be readable.
+    """
     if resume == "latest":
         if checkpoint_dir is None:
             raise ValueError("resume='latest' needs checkpoint_dir to be set")
         try:
             return read_latest_checkpoint(checkpoint_dir)[1]
-        except FileNotFoundError:
-            warnings.warn(
-                f"resume='latest': no checkpoint in {str(checkpoint_dir)!r}; starting from scratch",
-                stacklevel=4,
-            )
+        except FileNotFoundError as err:
+            warnings.warn(f"resume='latest': {err}; starting from scratch", stacklevel=4)
             return None
     return read_checkpoint(resume)
 
 
 def check_resume(state: dict[str, Any], shape: tuple, data_range: tuple,
-                 has_context: bool) -> None:
-    """Refuse a checkpoint written for other data or with/without context prediction."""
+                 has_context: bool, train_args: dict[str, Any] | None = None) -> None:
+    """Refuse a checkpoint written for other data, with/without context prediction, or with
+    other training arguments.
+
+    ``train_args``: the resumed run's values of :data:`TRAIN_ARGS`; each that differs from the
+    checkpoint's record is named in one ``ValueError`` (a checkpoint without the record,
+    written by an older version, is accepted).
+    """
+    _check_train_args(state.get("train_args"), train_args)
     run = state.get("run", {})
     for name, now in (("image_shape", list(shape)), ("data_range", list(data_range))):
         if name in run and list(run[name]) != now:
@@ -84,6 +100,18 @@ def check_resume(state: dict[str, Any], shape: tuple, data_range: tuple,
             + ("with" if had_context else "without")
             + " context prediction, but context is "
             + ("set" if has_context else "None")
+            + ": resume with the parameters the run was started with"
+        )
+
+
+def _check_train_args(saved: dict[str, Any] | None, now: dict[str, Any] | None) -> None:
+    if saved is None or now is None:
+        return
+    changed = [f"{k}={saved[k]!r} in the checkpoint, {now[k]!r} now"
+               for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        raise ValueError(
+            "the training arguments differ from the checkpoint's: " + "; ".join(changed)
             + ": resume with the parameters the run was started with"
         )
 
@@ -215,12 +243,14 @@ def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path
         data_range = p["data_range"]
         check_in_range(first, data_range, "data")
     backbone, head = _build(p, context, shape, seed, device)
+    train_args = {k: p[k] for k in TRAIN_ARGS}
     config = _config(p, shape, data_range, device, _total_steps(p, loader), num_classes)
     trainer = Trainer(DiffusionObjective(backbone, head), BatchStream(loader), config, dist_info,
                       seed, ema_decay=p["ema_decay"], weight_decay=p["weight_decay"],
-                      compile=p["compile"])
+                      compile=p["compile"], train_args=train_args)
     if resume_state is not None:
-        check_resume(resume_state, shape, data_range, has_context=head is not None)
+        check_resume(resume_state, shape, data_range, has_context=head is not None,
+                     train_args=train_args)
     _run(trainer, resume_state, seed, device, callback, progress=p["verbose"] > 0)
     to_plain = {"memory_format": torch.contiguous_format}
     return FittedState(
