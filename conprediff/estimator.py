@@ -295,9 +295,11 @@ class ConPreDiffModel(BaseEstimator):
         Raises
         ------
         ValueError
-            On images that are not 4-dimensional, channels-last (square ``(N, H, W, C)`` with
-            C in 1, 3, 4), empty, non-finite, of varying size or outside a given ``data_range``,
-            and on invalid parameters (the message names the parameter).
+            On images that are not 4-dimensional, channels-last (``(N, H, W, C)`` with C in 1,
+            3, 4), empty, non-finite, of varying size or outside the data range (every batch is
+            checked; the message names the step), on labels that are not integers, on invalid
+            parameters (the message names the parameter), and on a damaged checkpoint given as
+            ``resume`` (:class:`~conprediff.training.checkpoint.CheckpointError`).
         TypeError
             On data that is not images (e.g. a Dataset yielding PIL images) and on parameters
             of the wrong type.
