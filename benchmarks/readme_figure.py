@@ -2,9 +2,9 @@
 
     python benchmarks/readme_figure.py MODEL.safetensors [--dataset mnist] [--out ...]
 
-Top: 16 samples (DPM-Solver++(2M), 25 steps). Below: 8 held-in digits (the embedded digits or
-MNIST-5k, the model's training set) with the right half or every other row missing (grey), and
-RePaint's fill (ancestral steps, 250 on the respaced grid).
+Top: 16 samples (DPM-Solver++(2M), 25 steps). Below: one held-in digit of each class 0-7 (the
+embedded digits or MNIST-5k, the model's training set) with the right half or every other row
+missing (grey), and RePaint's fill (ancestral steps, 250 on the respaced grid).
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ def main() -> None:
     lo, hi = model.data_range_
     size = model.image_shape_[-1]
     samples = model.sample(16, steps=25, sampler="dpmpp_2m", seed=args.seed)
-    images, _ = load_mnist_images() if args.dataset == "mnist" else load_digits_images(size=size)
+    images, labels = (load_mnist_images() if args.dataset == "mnist"
+                      else load_digits_images(size=size))
     images = images * (hi - lo) / 2 + (hi + lo) / 2  # [-1, 1] -> the model's range
-    img = images[torch.arange(8) * 97]
+    img = images[[int((labels == c).nonzero()[1]) for c in range(8)]]  # one of each class
     missing = torch.stack([masks.half(size, size) if i % 2 == 0 else
                            masks.alternating_lines(size, size) for i in range(8)])[:, None]
     filled = model.inpaint(img, missing, seed=args.seed)
