@@ -31,6 +31,7 @@ from ._validation import (
 from .diffusion import SAMPLERS, Denoiser, generate, guided
 from .parameters import check_params
 from .persistence import FittedState, load_model, save_model
+from .precision import resolve_precision
 from .schedules import NoiseSchedule
 from .spaces import PixelSpace
 from .training.setup import fit_model, num_classes_of
@@ -91,9 +92,13 @@ class ConPreDiffModel(BaseEstimator):
     ema_decay : float, optional
         Decay of the exponential moving average of the backbone's weights (with warm-up);
         ``sample`` uses the average by default. ``None`` disables it.
-    precision : {'fp32', 'bf16', 'fp16'}
-        Autocast precision of the forward pass (a gradient scaler with ``'fp16'``); losses and
-        the W2 metric are computed in float32.
+    precision : {'fp32', 'auto', 'bf16', 'fp16'}
+        Autocast precision of the forward pass (a gradient scaler with ``'fp16'``); the losses,
+        the W2 metric, the EMA and the optimizer state stay float32. ``'auto'`` is ``'bf16'``
+        where the device computes it fast (CUDA with native bf16, a CPU with AVX512-BF16 or AMX)
+        and ``'fp32'`` elsewhere (:mod:`conprediff.precision`); what ran is ``precision_``. The
+        default stays ``'fp32'`` until bf16's sample quality is measured level with it (see
+        ``docs/benchmarks/fast_path.md``).
     compile : bool
         ``torch.compile`` the backbone for training.
     grad_accum_steps : int
@@ -167,6 +172,8 @@ class ConPreDiffModel(BaseEstimator):
         Number of images in the data, when it has a length.
     world_size_ : int
         Number of processes that trained the model (1 without DDP).
+    precision_ : str
+        The precision training ran in (``'auto'`` resolved); ``'fp32'`` for older files.
 
     Examples
     --------
@@ -326,6 +333,10 @@ class ConPreDiffModel(BaseEstimator):
             return min(default, self.timesteps_)
         return check_int(steps, "steps", 1, self.timesteps_)
 
+    def _precision(self, precision: str | None) -> str:
+        """``precision`` of ``sample``/``inpaint`` resolved on the model's device (None: fp32)."""
+        return "fp32" if precision is None else resolve_precision(precision, self.device_)
+
     def _generator(self, seed: Any) -> torch.Generator:
         """A generator on the model's device, seeded with ``seed`` (a random seed when None)."""
         seed = check_seed(seed)
@@ -370,6 +381,7 @@ class ConPreDiffModel(BaseEstimator):
         use_ema: bool = True,
         labels: Any = None,
         guidance_scale: float = 1.0,
+        precision: str | None = None,
     ) -> torch.Tensor:
         r"""Generate images. The context decoder is not used.
 
@@ -403,6 +415,9 @@ class ConPreDiffModel(BaseEstimator):
             :math:`\hat\epsilon_\varnothing + w (\hat\epsilon_c - \hat\epsilon_\varnothing)`.
             1 is the conditional model (one forward pass per step), 0 the unconditional one;
             values above 1 trade diversity for class fidelity and cost two passes per step.
+        precision : {'auto', 'fp32', 'bf16', 'fp16'}, optional
+            Autocast precision of the network's forward passes; the sampler's arithmetic stays
+            float32. None (default) is ``'fp32'``; ``'auto'`` as the ``precision`` parameter.
 
         Returns
         -------
@@ -415,6 +430,7 @@ class ConPreDiffModel(BaseEstimator):
         steps = self._check_steps(steps, default=50)
         batch_size = check_int(batch_size, "batch_size", 1)
         gen = self._generator(seed)
+        precision = self._precision(precision)
         sampler = check_choice(sampler, "sampler", tuple(SAMPLERS))
         eta = check_real(eta, "eta", 0.0)
         if sampler != "ddim" and eta != 0:
@@ -426,7 +442,7 @@ class ConPreDiffModel(BaseEstimator):
             b = min(batch_size, n - start)
             part = None if cond is None else cond[start : start + b]
             denoiser = Denoiser(guided(net, part, null, scale), self._fitted_schedule(),
-                                self.prediction_)
+                                self.prediction_, precision=precision)
             x = generate(denoiser, (b, *space.point_shape(self.image_shape_)), steps, sampler,
                          eta=eta, generator=gen, device=self.device_, progress=self.verbose > 0)
             out.append(space.decode(x).cpu())
@@ -445,6 +461,7 @@ class ConPreDiffModel(BaseEstimator):
         use_ema: bool = True,
         labels: Any = None,
         guidance_scale: float = 1.0,
+        precision: str | None = None,
     ) -> torch.Tensor:
         """Fill the missing pixels of images with RePaint resampling (Lugmayr et al. 2022).
 
@@ -479,6 +496,8 @@ class ConPreDiffModel(BaseEstimator):
             Class-conditional models only: the class of every image or of each (``(B,)``).
         guidance_scale : float
             Classifier-free guidance scale, as in :meth:`sample`.
+        precision : {'auto', 'fp32', 'bf16', 'fp16'}, optional
+            As in :meth:`sample`; None (default) is ``'fp32'``.
 
         Returns
         -------
@@ -494,12 +513,12 @@ class ConPreDiffModel(BaseEstimator):
         missing = as_mask(mask, tuple(images.shape)).expand_as(images)
         cond, scale, null = self._condition(net, labels, images.shape[0], guidance_scale)
         steps = self._check_steps(steps, default=250)
-        space = self._space()
+        precision, space = self._precision(precision), self._space()
         filled = repaint(guided(net, cond, null, scale),
                          space.encode(images).to(self.device_),
                          space.point_mask(missing).to(self.device_), self._fitted_schedule(),
                          self.prediction_, steps, jump_length, jump_n_sample, gen, self.device_,
-                         progress=self.verbose > 0, sampler=sampler)
+                         progress=self.verbose > 0, sampler=sampler, precision=precision)
         out = torch.where(missing, space.decode(filled.float().cpu()), images)
         return out[0] if single else out
 

@@ -22,6 +22,7 @@ from ._validation import (
     real_between,
 )
 from .diffusion.gaussian import check_prediction
+from .precision import PRECISIONS
 from .schedules import make_betas
 
 __all__ = ["PARAMETERS", "check_params"]
@@ -43,7 +44,7 @@ PARAMETERS: dict[str, Callable[[Any, str], Any]] = {
     "max_steps": int_between(1),
     "epochs": int_between(1, optional=True),
     "ema_decay": real_between(0.0, 1.0, high_open=True, optional=True),
-    "precision": one_of("fp32", "bf16", "fp16"),
+    "precision": one_of(*PRECISIONS),  # 'auto' resolved by fit, with the device
     "compile": check_bool,
     "grad_accum_steps": int_between(1),
     "grad_clip": real_between(0.0, low_open=True, optional=True),

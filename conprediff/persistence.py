@@ -21,7 +21,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from sklearn.base import clone
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._validation import check_bool, check_data_range, check_device, check_int
+from ._validation import check_bool, check_data_range, check_device, check_int, one_of
 from .parameters import check_params
 from .serialization import from_jsonable, to_jsonable
 
@@ -57,6 +57,8 @@ class FittedState:
     """What ``fit`` learns and ``save``/``load`` keep: the estimator's attributes ending in ``_``.
 
     Each field ``name`` is the estimator's attribute ``name_`` (``backbone`` is ``backbone_``).
+    ``precision`` is what training ran in (``'auto'`` resolved); a file or an estimator from
+    before it was recorded reads as ``'fp32'``.
     """
 
     backbone: nn.Module
@@ -75,6 +77,7 @@ class FittedState:
     schedule: str
     prediction: str
     label_dropout: float
+    precision: str = "fp32"
 
     def apply(self, estimator: Any) -> None:
         """Set ``estimator.<name>_`` for every field."""
@@ -84,7 +87,8 @@ class FittedState:
     @classmethod
     def of(cls, estimator: Any) -> FittedState:
         """The fitted state of a fitted estimator."""
-        return cls(**{f.name: getattr(estimator, f.name + "_") for f in fields(cls)})
+        return cls(**{f.name: getattr(estimator, f.name + "_") for f in fields(cls)
+                      if f.default is MISSING or hasattr(estimator, f.name + "_")})
 
 
 def copy_config(obj: Any) -> Any:
@@ -234,6 +238,7 @@ def save_model(estimator: Any, path: str | Path, include_decoder: bool = True) -
         "seed": state.seed,
         "loss_history": state.loss_history,
         "has_decoder": bool(include_decoder and state.context_head is not None),
+        "precision": state.precision,
     }
     return write_safetensors(path, tensors, {_META_KEY: json.dumps(meta)})
 
@@ -335,7 +340,10 @@ _META_SCHEMA: dict[str, Callable[[Any, str], Any]] = {
     "seed": lambda v, n: check_int(v, n, 0, 2**64 - 1),
     "loss_history": _check_history,
     "has_decoder": check_bool,
+    "precision": one_of("fp32", "bf16", "fp16"),
 }
+#: Keys a file written before they existed lacks, with the value each then reads as.
+_META_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
 
 
 def _depth(data: Any) -> int:
@@ -363,6 +371,8 @@ def _check_meta(raw: dict[str, str], path: Path) -> dict[str, Any]:
     if _depth(meta) > _MAX_DEPTH:
         raise _invalid(path, _META_KEY, f"nested deeper than {_MAX_DEPTH} levels")
     for key, check in _META_SCHEMA.items():
+        if key not in meta and key in _META_DEFAULTS:
+            meta[key] = _META_DEFAULTS[key]
         if key not in meta:
             raise _invalid(path, key, "missing")
         try:
@@ -572,6 +582,7 @@ def load_model(cls: type, path: str | Path, device: str = "auto",
         schedule=model.schedule,
         prediction=model.prediction,
         label_dropout=model.label_dropout,
+        precision=meta["precision"],
     ).apply(model)
     model.device = device
     return model

@@ -76,7 +76,7 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
     ]),
     ("utilities", "Utilities", [
         "conprediff.spaces", "conprediff.export", "conprediff.plotting", "conprediff.layers", "conprediff.ranges",
-        "conprediff.persistence", "conprediff.parameters",
+        "conprediff.persistence", "conprediff.parameters", "conprediff.precision",
         "conprediff.serialization", "conprediff.cli",
     ]),
 ]

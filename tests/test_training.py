@@ -69,22 +69,25 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tmp_path, one_thr
     assert resumed.loss_history_ == reference.loss_history_
 
 
-def test_torchrun_two_processes_match_one_process(tmp_path, one_thread):
+@pytest.mark.parametrize("precision, kinds", [
+    ("fp32", ("none", "gaussian", "conditional")),
+    ("bf16", ("gaussian",)),
+])
+def test_torchrun_two_processes_match_one_process(tmp_path, one_thread, precision, kinds):
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for kind in ("none", "gaussian", "conditional"):
+    for kind in kinds:
         out = tmp_path / kind
         proc = subprocess.run(
             [
                 str(torchrun),
                 "--standalone",
                 "--nproc_per_node=2",
-                str(SCRIPTS / "train_tiny.py"),
+                str(SCRIPTS / "train_tiny_precision.py"),
                 str(out),
-                "--context",
                 kind,
-                "--steps",
                 "6",
+                precision,
             ],
             capture_output=True,
             text=True,
@@ -94,12 +97,22 @@ def test_torchrun_two_processes_match_one_process(tmp_path, one_thread):
         assert proc.returncode == 0, proc.stderr[-3000:]
         ddp = ConPreDiffModel.load(out / "final.safetensors")
         single = fit(kind, make_model(str(tmp_path / f"single-{kind}"), context(kind), steps=6,
-                                      conditional=kind == "conditional"))
+                                      conditional=kind == "conditional", precision=precision))
         assert ddp.n_steps_ == single.n_steps_ == 6
-        assert_same_weights(state_of(ddp), state_of(single), atol=1e-5)
-        np.testing.assert_allclose(
-            ddp.loss_history_["loss"], single.loss_history_["loss"], rtol=1e-5
-        )
+        assert ddp.precision_ == single.precision_ == precision
+        ddp_loss, single_loss = ddp.loss_history_["loss"], single.loss_history_["loss"]
+        if precision == "fp32":
+            assert_same_weights(state_of(ddp), state_of(single), atol=1e-5)
+            np.testing.assert_allclose(ddp_loss, single_loss, rtol=1e-5)
+            continue
+        # bf16: the same first forward pass, bit for bit; then each rank's weight gradients
+        # are rounded to bf16 before they are averaged (one process rounds their sum once),
+        # which Adam's sign-like early steps turn into lr-sized differences in a few weights
+        assert ddp_loss[0] == single_loss[0]
+        np.testing.assert_allclose(ddp_loss, single_loss, rtol=1e-3)
+        diffs = torch.cat([(a - b).abs().flatten() for a, b in zip(
+            state_of(ddp).values(), state_of(single).values(), strict=True)])
+        assert torch.quantile(diffs, 0.99) < 1e-3
 
 
 class _Exploit:

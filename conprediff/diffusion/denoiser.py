@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import check_choice
+from ..precision import PRECISIONS, autocast
 from ..schedules import NoiseSchedule
 from .gaussian import DenoiseFn, check_prediction, to_x0_eps
 
@@ -17,8 +19,10 @@ __all__ = ["Denoiser"]
 class Denoiser:
     r"""The clean-sample and noise estimates of a network, whatever it predicts.
 
-    Called on ``(x_t, t)`` it runs ``model(x_t, t)``, casts the output to ``x_t``'s dtype and
-    converts it with :func:`~conprediff.diffusion.gaussian.to_x0_eps`:
+    Called on ``(x_t, t)`` it runs ``model(x_t, t)`` (under autocast in ``precision``), casts the
+    output to ``x_t``'s dtype and converts it with
+    :func:`~conprediff.diffusion.gaussian.to_x0_eps`, so the conversion and the samplers'
+    arithmetic stay in ``x_t``'s dtype (float32) whatever the network computes in:
 
     * ``'eps'``: :math:`\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon) /
       \sqrt{\bar\alpha_t}`;
@@ -41,6 +45,9 @@ class Denoiser:
         What ``model`` predicts; default ``'eps'``.
     clip : tuple of float or None
         Range of :math:`\hat x_0`; default ``(-1, 1)``, None for no clamping.
+    precision : {'fp32', 'bf16', 'fp16', 'auto'}
+        Autocast precision of the network's forward pass (:func:`conprediff.precision.autocast`;
+        ``'auto'`` resolved on ``x_t``'s device); default ``'fp32'``, no autocast.
     """
 
     def __init__(
@@ -49,19 +56,23 @@ class Denoiser:
         schedule: NoiseSchedule,
         prediction: str = "eps",
         clip: tuple[float, float] | None = (-1.0, 1.0),
+        precision: str = "fp32",
     ):
         self.model = model
         self.schedule = schedule
         self.prediction = check_prediction(prediction)
         self.clip = clip
+        self.precision = check_choice(precision, "precision", PRECISIONS)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x0_hat, eps_hat)``, both ``(B, C, H, W)`` in ``x``'s dtype, at ``t`` ``(B,)``."""
-        out = self.model(x, t).to(x.dtype)
+        with autocast(self.precision, x.device):
+            out = self.model(x, t)
+        out = out.to(x.dtype)
         return to_x0_eps(out, x, t, self.schedule, self.prediction, self.clip)
 
     def __repr__(self) -> str:
         return (
             f"Denoiser({self.model!r}, {self.schedule!r}, prediction={self.prediction!r}, "
-            f"clip={self.clip!r})"
+            f"clip={self.clip!r}, precision={self.precision!r})"
         )

@@ -58,7 +58,7 @@ def guided(
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = net(torch.cat([x, x]), torch.cat([t, t]), both.to(x.device))[0]
-        c, u = out.chunk(2)
+        c, u = out.to(x.dtype).chunk(2)  # combined in x's dtype (float32) under autocast too
         return u + scale * (c - u)
 
     return denoise

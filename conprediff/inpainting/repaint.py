@@ -53,6 +53,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from tqdm.auto import tqdm
 
 from .._validation import check_choice, check_int
 from ..diffusion.denoiser import Denoiser
@@ -237,6 +238,7 @@ def repaint(
     progress: bool = False,
     sampler: str = "ddpm",
     clip: tuple[float, float] | None = (-1.0, 1.0),
+    precision: str = "fp32",
 ) -> torch.Tensor:
     r"""Inpaint ``image`` where ``mask`` is True with RePaint resampling (Lugmayr et al. 2022).
 
@@ -266,17 +268,16 @@ def repaint(
         Show a tqdm bar over the schedule's steps.
     sampler : {'ddpm', 'ddim', 'dpmpp_2m'}
         Reverse step, see above; default ``'ddpm'``.
-    clip : tuple of float or None
-        Range :math:`\hat x_0` is clamped to in each reverse step.
+    clip, precision : tuple of float or None, str
+        Range :math:`\hat x_0` is clamped to in each reverse step; the network's autocast
+        precision (:class:`~conprediff.diffusion.Denoiser`; default ``'fp32'``).
 
     Returns
     -------
     torch.Tensor
         ``(B, C, H, W)`` on ``device`` in ``image``'s dtype; ``image`` where ``mask`` is False.
     """
-    from tqdm.auto import tqdm
-
-    denoiser = Denoiser(denoise, schedule, prediction, clip)
+    denoiser = Denoiser(denoise, schedule, prediction, clip, precision)
     check_choice(sampler, "sampler", SAMPLERS)
     _check_image(image)
     descent = ddim_timesteps(schedule.timesteps, steps)

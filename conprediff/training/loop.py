@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .._validation import check_images, check_in_range, check_labels
 from ..backbones.protocol import check_backbone_output
 from ..diffusion.gaussian import diffusion_loss
+from ..precision import autocast, fused_adamw_for
 from ..schedules import NoiseSchedule
 from ..spaces import PixelSpace
 from .checkpoint import write_checkpoint
@@ -103,7 +104,7 @@ class TrainConfig:
     lr: float
     max_steps: int
     min_snr_gamma: float | None = None
-    precision: str = "fp32"
+    precision: str = "fp32"  # of the forward pass: 'fp32', 'bf16' or 'fp16' (conprediff.precision)
     grad_accum_steps: int = 1
     grad_clip: float | None = None
     lr_warmup_steps: int = 0
@@ -208,7 +209,7 @@ class Trainer:
             [p for p in objective.parameters() if p.requires_grad],
             lr=config.lr,
             weight_decay=weight_decay,
-            **({"fused": True} if device.type == "cuda" else {}),
+            **({"fused": True} if fused_adamw_for(device) else {}),
         )
         self.scaler = grad_scaler(device, enabled=config.precision == "fp16")
         self.ema = EMA(objective.backbone, ema_decay) if ema_decay is not None else None
@@ -227,7 +228,8 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(cfg.device)
         return {
             "seed": self.seed,
-            "run": {"image_shape": list(cfg.image_shape), "data_range": list(cfg.data_range)},
+            "run": {"image_shape": list(cfg.image_shape), "data_range": list(cfg.data_range),
+                    "precision": cfg.precision},
             "step": self.state.step,
             "history": self.state.history,
             "objective": self.objective.state_dict(),
@@ -324,11 +326,6 @@ class Trainer:
     def _step(self) -> dict[str, float] | None:
         cfg = self.config
         accum = cfg.grad_accum_steps
-        autocast = torch.autocast(
-            cfg.device.type,
-            dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16,
-            enabled=cfg.precision != "fp32",
-        )
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(
                 self.state.step, cfg.lr_warmup_steps, cfg.lr_schedule, cfg.max_steps
@@ -342,7 +339,7 @@ class Trainer:
             sync = micro == accum - 1 or not self.dist.enabled
             ctx = contextlib.nullcontext() if sync else self.model.no_sync()
             with ctx:
-                with autocast:
+                with autocast(cfg.precision, cfg.device):
                     loss, logs = self.model(
                         x0,
                         t,

@@ -19,6 +19,7 @@ from torch import nn
 from .._validation import check_device, check_images, check_in_range, check_labels
 from ..backbones.defaults import build_backbone
 from ..persistence import FittedState, copy_config
+from ..precision import channels_last_for, resolve_precision
 from ..ranges import infer_data_range
 from ..schedules import NoiseSchedule
 from . import distributed
@@ -78,16 +79,23 @@ def read_resume_state(resume: str | Path, checkpoint_dir: str | Path | None
 
 
 def check_resume(state: dict[str, Any], shape: tuple, data_range: tuple,
-                 has_context: bool, train_args: dict[str, Any] | None = None) -> None:
+                 has_context: bool, train_args: dict[str, Any] | None = None,
+                 precision: str | None = None) -> None:
     """Refuse a checkpoint written for other data, with/without context prediction, or with
     other training arguments.
 
     ``train_args``: the resumed run's values of :data:`TRAIN_ARGS`; each that differs from the
     checkpoint's record is named in one ``ValueError`` (a checkpoint without the record,
-    written by an older version, is accepted).
+    written by an older version, is accepted). ``precision``: the resumed run's resolved
+    precision; a warning when ``precision='auto'`` resolved otherwise where the checkpoint was
+    written (another device: the run goes on, but not bit for bit as it would have there).
     """
     _check_train_args(state.get("train_args"), train_args)
     run = state.get("run", {})
+    if precision is not None and run.get("precision", precision) != precision:
+        warnings.warn(f"the checkpoint's run computed in {run['precision']}, this device in "
+                      f"{precision}: the resumed run is not bitwise the one it continues",
+                      stacklevel=4)
     for name, now in (("image_shape", list(shape)), ("data_range", list(data_range))):
         if name in run and list(run[name]) != now:
             raise ValueError(
@@ -176,9 +184,12 @@ def _total_steps(p: dict[str, Any], loader: Any) -> int:
 
 def _config(p: dict[str, Any], shape: tuple[int, int, int], data_range: tuple[float, float],
             device: torch.device, n_steps: int, num_classes: int | None) -> TrainConfig:
-    keys = ("lr", "min_snr_gamma", "precision", "grad_accum_steps", "grad_clip",
-            "lr_warmup_steps", "lr_schedule", "on_nonfinite", "log_every", "checkpoint_every",
-            "keep_checkpoints", "label_dropout")
+    """The run's settings; ``precision`` resolved for ``device`` (``'auto'``), and the memory
+    format chosen for both (see :mod:`conprediff.precision`)."""
+    keys = ("lr", "min_snr_gamma", "grad_accum_steps", "grad_clip", "lr_warmup_steps",
+            "lr_schedule", "on_nonfinite", "log_every", "checkpoint_every", "keep_checkpoints",
+            "label_dropout")
+    precision = resolve_precision(p["precision"], device)
     return TrainConfig(
         schedule=NoiseSchedule(p["schedule"], p["timesteps"]),
         prediction=p["prediction"],
@@ -187,7 +198,8 @@ def _config(p: dict[str, Any], shape: tuple[int, int, int], data_range: tuple[fl
         device=device,
         max_steps=n_steps,
         checkpoint_dir=None if p["checkpoint_dir"] is None else str(p["checkpoint_dir"]),
-        channels_last=device.type == "cuda",
+        precision=precision,
+        channels_last=channels_last_for(device, precision),
         num_classes=num_classes,
         **{k: p[k] for k in keys},
     )
@@ -250,7 +262,7 @@ def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path
                       compile=p["compile"], train_args=train_args)
     if resume_state is not None:
         check_resume(resume_state, shape, data_range, has_context=head is not None,
-                     train_args=train_args)
+                     train_args=train_args, precision=config.precision)
     _run(trainer, resume_state, seed, device, callback, progress=p["verbose"] > 0)
     to_plain = {"memory_format": torch.contiguous_format}
     return FittedState(
@@ -270,4 +282,5 @@ def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path
         schedule=p["schedule"],
         prediction=p["prediction"],
         label_dropout=p["label_dropout"],
+        precision=config.precision,
     )
