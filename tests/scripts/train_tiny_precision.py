@@ -1,9 +1,10 @@
-"""train_tiny.py's run in a given precision, for the torchrun test of tests/test_training.py.
+"""Several of train_tiny.py's runs in one torchrun launch, for tests/test_training.py.
 
-python train_tiny_precision.py OUT_DIR KIND STEPS PRECISION
+python train_tiny_precision.py OUT_DIR STEPS KIND:PRECISION [KIND:PRECISION ...]
 
-KIND as in train_tiny.py; PRECISION the estimator's ``precision``. Rank 0 saves the model to
-``OUT_DIR/final.safetensors``.
+KIND as in train_tiny.py; PRECISION the estimator's ``precision``. The runs share the launch's
+process group (one start-up for all); rank 0 saves each model to
+``OUT_DIR/<KIND>-<PRECISION>/final.safetensors``.
 """
 
 import os
@@ -14,11 +15,14 @@ from train_tiny import context, fit, make_model
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    out, kind, steps, precision = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    model = make_model(out, context(kind), steps, conditional=kind == "conditional",
-                       precision=precision)
-    fit(kind, model)
-    if int(os.environ.get("RANK", "0")) == 0:
-        model.save(os.path.join(out, "final.safetensors"))
+    root, steps = sys.argv[1], int(sys.argv[2])
+    for run in sys.argv[3:]:
+        kind, precision = run.split(":")
+        out = os.path.join(root, f"{kind}-{precision}")
+        model = make_model(out, context(kind), steps, conditional=kind == "conditional",
+                           precision=precision)
+        fit(kind, model)
+        if int(os.environ.get("RANK", "0")) == 0:
+            model.save(os.path.join(out, "final.safetensors"))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
