@@ -228,6 +228,7 @@ def test_gaussian_equals_pot_bures_wasserstein(covariance, prob):
         # POT's matrix square root does not clamp the tiny negative eigenvalues that rounding
         # gives singular covariances (NaN): feed both sides the same, slightly regularised, moments
         ridge = 1e-4 * torch.eye(x.shape[2], dtype=DT)
+        raw = cx, cy
         cx, cy = cx + ridge, cy + ridge
     w = ot.gaussian.bures_wasserstein_distance(
         mx.numpy(), my.numpy(), cx.numpy(), cy.numpy(), paired=True
@@ -239,8 +240,8 @@ def test_gaussian_equals_pot_bures_wasserstein(covariance, prob):
         got = m.from_moments(mx, cx, my, cy)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
         # and the call on the points is the closed form of their moments
-        unreg = m.from_moments(mx, cx - ridge, my, cy - ridge)
-        torch.testing.assert_close(m(x, y, a, b), unreg, rtol=1e-9, atol=1e-9)  # (c - r) + r
+        unreg = m.from_moments(mx, raw[0], my, raw[1])
+        torch.testing.assert_close(m(x, y, a, b), unreg, rtol=1e-12, atol=1e-12)
 
 
 def test_weighted_moments_by_hand():
