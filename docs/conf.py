@@ -75,7 +75,8 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
         "conprediff.training.distributed",
     ]),
     ("utilities", "Utilities", [
-        "conprediff.spaces", "conprediff.export", "conprediff.plotting", "conprediff.layers", "conprediff.ranges",
+        "conprediff.spaces", "conprediff.export", "conprediff.plotting", "conprediff.layers",
+        "conprediff.ranges",
         "conprediff.persistence", "conprediff.parameters", "conprediff.precision",
         "conprediff.serialization", "conprediff.cli",
     ]),
