@@ -187,10 +187,13 @@ def _sample(args: argparse.Namespace) -> None:
     from .export import sample_to_folder
     from .plotting import save_image_grid
 
+    to_folder = args.out.endswith(("/", os.sep)) or Path(args.out).is_dir()
+    if args.resume and not to_folder:
+        raise ValueError(f"--resume needs --out to be a folder (ending in '/'), got {args.out!r}")
     model = ConPreDiffModel.load(args.model, device=args.device)
     kwargs = {"steps": args.steps, "sampler": args.sampler, "labels": args.label,
               "guidance_scale": args.guidance_scale, "batch_size": args.batch_size}
-    if args.out.endswith(("/", os.sep)) or Path(args.out).is_dir():
+    if to_folder:
         print(sample_to_folder(model, args.n, args.out, seed=args.seed, resume=args.resume,
                                **kwargs))
         return

@@ -71,6 +71,8 @@ def test_cli_samples_into_a_folder(tmp_path, capsys):
     assert main(argv[:-2] + ["--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").is_file()
     capsys.readouterr()
+    assert main(argv[:-2] + ["--out", str(tmp_path / "grid.png"), "--resume"]) == 2
+    assert "--resume needs --out to be a folder" in capsys.readouterr().err
 
 
 def test_the_fail_fast_message_points_to_the_folder_route(monkeypatch, model):
