@@ -56,6 +56,17 @@ def _add_training_args(p: argparse.ArgumentParser, steps: int) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (%(default)s)")
+    _add_precision(p, "fp32")
+
+
+#: ``--precision`` values: the estimator's (``'auto'``: bf16 only where the device is fast at it)
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def _add_precision(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=default,
+                   help="autocast precision of the network; 'auto' = bf16 where the device "
+                        "computes it fast, else fp32 (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance-scale", type=float, default=1.0,
                         help="classifier-free guidance scale with --label (%(default)s)")
     sample.add_argument("--device", default="auto")
+    _add_precision(sample, None)
 
     inpaint = sub.add_parser("inpaint", help="fill the missing pixels of an image (RePaint)")
     inpaint.add_argument("image", help="image file (PNG/JPEG) of the model's size")
@@ -118,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--jump-n-sample", type=int, default=10, help="(%(default)s)")
     inpaint.add_argument("--seed", type=int, default=0)
     inpaint.add_argument("--device", default="auto")
+    _add_precision(inpaint, None)
     return parser
 
 
@@ -134,6 +147,7 @@ def _model(args: argparse.Namespace, num_classes: int | None = None):
         lr=args.lr,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
     )
 
 
@@ -192,7 +206,8 @@ def _sample(args: argparse.Namespace) -> None:
         raise ValueError(f"--resume needs --out to be a folder (ending in '/'), got {args.out!r}")
     model = ConPreDiffModel.load(args.model, device=args.device)
     kwargs = {"steps": args.steps, "sampler": args.sampler, "labels": args.label,
-              "guidance_scale": args.guidance_scale, "batch_size": args.batch_size}
+              "guidance_scale": args.guidance_scale, "batch_size": args.batch_size,
+              "precision": args.precision}
     if to_folder:
         print(sample_to_folder(model, args.n, args.out, seed=args.seed, resume=args.resume,
                                **kwargs))
@@ -222,6 +237,7 @@ def _inpaint(args: argparse.Namespace) -> None:
             jump_length=args.jump_length,
             jump_n_sample=args.jump_n_sample,
             seed=args.seed,
+            precision=args.precision,
         )
     arr = ((result - lo) / (hi - lo)).clamp(0, 1).mul(255).round().byte().numpy()
     arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)

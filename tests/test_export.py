@@ -75,6 +75,29 @@ def test_cli_samples_into_a_folder(tmp_path, capsys):
     assert "--resume needs --out to be a folder" in capsys.readouterr().err
 
 
+def test_cli_precision_choices_are_the_estimators_and_reach_sample(tmp_path, capsys,
+                                                                   monkeypatch):
+    from conprediff.cli import PRECISION_CHOICES
+    from conprediff.precision import PRECISIONS
+
+    assert PRECISION_CHOICES == PRECISIONS
+    seen = []
+    original = ConPreDiffModel.sample
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("precision"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConPreDiffModel, "sample", spy)
+    argv = ["sample", str(GOOD), "--n", "2", "--steps", "2", "--device", "cpu",
+            "--out", str(tmp_path / "g.png")]
+    assert main([*argv, "--precision", "bf16"]) == 0 and main(argv) == 0
+    assert seen == ["bf16", None]
+    with pytest.raises(SystemExit):
+        main([*argv, "--precision", "fp8"])
+    capsys.readouterr()
+
+
 def test_the_fail_fast_message_points_to_the_folder_route(monkeypatch, model):
     import conprediff._resources as resources
 
