@@ -85,8 +85,8 @@ def sample_to_folder(model: Any, n: int, folder: str | os.PathLike, *, batch_siz
 
     Memory holds one chunk of ``batch_size`` images, whatever ``n``; chunk ``k`` (images
     ``k * batch_size`` to ``(k + 1) * batch_size - 1``) is drawn with its own seed made from
-    ``(seed, k)``, so a run interrupted and continued with ``resume=True`` writes the same files
-    as one that was not.
+    ``(seed, k)``, so a run interrupted and continued with the same arguments and ``resume=True``
+    writes the same files as one that was not.
 
     Parameters
     ----------
