@@ -550,7 +550,8 @@ class ConPreDiffModel(BaseEstimator):
         path: str | Path,
         device: str = "auto",
         backbone: nn.Module | None = None,
-        classes: Iterable[type] = (), allow_nonfinite: bool = False,
+        classes: Iterable[type] = (),
+        allow_nonfinite: bool = False,
     ) -> ConPreDiffModel:
         """Read a model written by :meth:`save`; the file is checked, no code in it runs.
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import check_bool, check_data_range, check_int, check_seed
+from ._validation import check_bool, check_data_range, check_int
 
 __all__ = ["save_images", "sample_to_folder"]
 
@@ -69,13 +69,13 @@ def _chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
 
 
-def _chunk_labels(labels: Any, n: int, lo: int, hi: int) -> Any:
-    """The labels of images ``lo:hi``: one label is shared, ``n`` labels are sliced."""
+def _check_labels_count(labels: Any, n: int) -> bool:
+    """Whether ``labels`` are per image (``n`` of them) rather than one shared label or None."""
     if labels is None or np.ndim(labels) == 0:
-        return labels
+        return False
     if len(labels) != n:
         raise ValueError(f"labels must be one label or n={n} labels, got {len(labels)}")
-    return labels[lo:hi]
+    return True
 
 
 def sample_to_folder(model: Any, n: int, folder: str | os.PathLike, *, batch_size: int = 256,
@@ -119,8 +119,9 @@ def sample_to_folder(model: Any, n: int, folder: str | os.PathLike, *, batch_siz
 
     n = check_int(n, "n", 1)
     batch_size = check_int(batch_size, "batch_size", 1)
-    seed = check_seed(seed)
+    seed = check_int(seed, "seed", 0)  # every chunk's seed derives from it: not None
     resume = check_bool(resume, "resume")
+    per_image = _check_labels_count(labels, n)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".*.png.*.tmp"):  # left by a killed run
@@ -133,7 +134,7 @@ def sample_to_folder(model: Any, n: int, folder: str | os.PathLike, *, batch_siz
                 bar.update(hi - lo)
                 continue
             images = model.sample(hi - lo, seed=_chunk_seed(seed, chunk), batch_size=batch_size,
-                                  labels=_chunk_labels(labels, n, lo, hi), **sample_kwargs)
+                                  labels=labels[lo:hi] if per_image else labels, **sample_kwargs)
             save_images(images, folder, start=lo, data_range=model.data_range_, width=width)
             bar.update(hi - lo)
     return folder

@@ -10,9 +10,10 @@ import torch
 
 __all__ = ["read_image"]
 
-# Pillow's modes for one channel of more than 8 bits (16-bit PNGs open as "I" or "I;16")
-_HIGH_DEPTH = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0,
-               "I": 65535.0}
+# Pillow's modes for one grey channel of more than 8 bits (16-bit PNGs open as "I" or "I;16"),
+# read as 16-bit values
+_HIGH_DEPTH = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+_HIGH_MAX = 65535.0
 
 
 def read_image(path: str | os.PathLike, mode: str = "L",
@@ -45,7 +46,7 @@ def read_image(path: str | os.PathLike, mode: str = "L",
     try:
         with Image.open(path) as img:
             if img.mode in _HIGH_DEPTH:
-                arr = _read_high_depth(img, _HIGH_DEPTH[img.mode], size)
+                arr = _read_high_depth(img, size)
                 arr = np.repeat(arr, 3, axis=0) if mode == "RGB" else arr
                 return torch.from_numpy(arr) * 2.0 - 1.0
             img = img.convert(mode)
@@ -58,11 +59,11 @@ def read_image(path: str | os.PathLike, mode: str = "L",
     return torch.from_numpy(arr.copy()) / 127.5 - 1.0
 
 
-def _read_high_depth(img, v_max: float, size: tuple[int, int] | None) -> np.ndarray:
+def _read_high_depth(img, size: tuple[int, int] | None) -> np.ndarray:
     """A high-depth grey image as ``(1, H, W)`` float32 in ``[0, 1]``."""
     from PIL import Image
 
-    arr = np.asarray(img, dtype=np.float32) / v_max
+    arr = np.asarray(img, dtype=np.float32) / _HIGH_MAX
     if size is not None:
         arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BICUBIC))
     return np.ascontiguousarray(np.clip(arr, 0.0, 1.0)[None], dtype=np.float32)
