@@ -11,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from .diffusion import SAMPLERS
+from .precision import PRECISIONS
+
 __all__ = ["main", "build_parser"]
 
 
@@ -60,7 +63,7 @@ def _add_training_args(p: argparse.ArgumentParser, steps: int) -> None:
 
 
 #: ``--precision`` values: the estimator's (``'auto'``: bf16 only where the device is fast at it)
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+PRECISION_CHOICES = PRECISIONS
 
 
 def _add_precision(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a PNG grid (%(default)s), or a folder (a path ending in '/', or an existing "
              "folder): one PNG per image, sampled in chunks of --batch-size, as FID needs")
     sample.add_argument("--steps", type=int, default=50, help="sampler steps (%(default)s)")
-    sample.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "dpmpp_2m"),
+    sample.add_argument("--sampler", default="ddim", choices=tuple(SAMPLERS),
                         help="reverse process (%(default)s)")
     sample.add_argument("--batch-size", type=int, default=256,
                         help="images per forward pass and per chunk (%(default)s)")
