@@ -1,9 +1,10 @@
-"""Files the library writes and reads: atomic safetensors writes, and a fitted model's state.
+"""A fitted model's state, and the model file that keeps it.
 
-Every file goes through :func:`write_safetensors`: tensors in a safetensors file, everything else
-as JSON strings in its metadata, written to a temporary file in the target's folder, flushed to
-disk and renamed over the target, so a crash or a kill during a write leaves the old file intact.
-Nothing is ever pickled; reading never runs code.
+Every file goes through :func:`~conprediff.files.write_safetensors`: tensors in a safetensors
+file, everything else as JSON strings in its metadata, written to a temporary file in the
+target's folder, flushed to disk and renamed over the target, so a crash or a kill during a write
+leaves the old file intact. Nothing is ever pickled; reading never runs code
+(:mod:`conprediff.files`).
 
 A model file (:func:`save_model`) holds the backbone's, the EMA's and optionally the context
 decoder's weights under the prefixes ``backbone.``, ``ema.``, ``context.``, and the JSON key
@@ -13,14 +14,11 @@ fitted state listed in :class:`FittedState`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import json
-import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,11 +26,25 @@ from typing import Any
 import torch
 from sklearn.base import clone
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from ._validation import check_bool, check_data_range, check_device, check_int, one_of
+from .files import (
+    MAX_JSON_DEPTH,
+    atomic_write,
+    build_on_meta,
+    check_state_shapes,
+    decode_component,
+    invalid_file,
+    json_depth,
+    read_finite_tensors,
+    read_header,
+    read_safetensors,
+    restore_state,
+    write_json,
+    write_safetensors,
+)
 from .parameters import check_params
-from .serialization import from_jsonable, to_jsonable
+from .serialization import to_jsonable
 
 __all__ = [
     "FORMAT_VERSION",
@@ -98,117 +110,6 @@ def copy_config(obj: Any) -> Any:
     return clone(obj) if hasattr(obj, "get_params") else copy.deepcopy(obj)
 
 
-# ---------------------------------------------------------------------------- atomic files
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux allows."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
-    os.umask(mask)
-    return mask
-
-
-def _remove_stale_temporaries(target: Path) -> None:
-    """Delete temporary files of earlier writes of ``target`` whose writer no longer runs."""
-    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
-        pid = tmp.name[len(target.name) + 2 : -4].split(".")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # alive under another user: not ours to remove
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Make ``path`` appear whole or not at all: ``write(tmp)``, ``fsync``, ``os.replace``.
-
-    ``write`` writes the complete file at the temporary path it is given. The temporary file
-    lies in the target's folder (named ``.<name>.<pid>.<random>.tmp``) and is removed when
-    ``write`` fails; ones left by a killed earlier writer are removed by the next write of the
-    same file. The file's mode follows the umask, as ``open`` would give. The folder is created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
-                               dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
-
-
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
-                      metadata: dict[str, str]) -> Path:
-    """Write a safetensors file atomically (see :func:`atomic_write`).
-
-    Parameters
-    ----------
-    path : str or Path
-        Target file; its folder is created.
-    tensors : dict of str to torch.Tensor
-        Contiguous CPU tensors.
-    metadata : dict of str to str
-        Stored in the file's header.
-
-    Returns
-    -------
-    Path
-        ``path``.
-    """
-    from safetensors.torch import save_file
-
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON atomically (see :func:`atomic_write`)."""
-    text = json.dumps(data, indent=2)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def read_safetensors(path: str | Path, what: str = "file") -> tuple[dict[str, str],
-                                                                      dict[str, torch.Tensor]]:
-    """``(metadata, tensors)`` of a safetensors file; ``ValueError`` if it cannot be read.
-
-    Raises
-    ------
-    FileNotFoundError
-        If there is no file at ``path``.
-    ValueError
-        If the file is truncated, corrupted or not a safetensors file (a pickle, say).
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {what} at {str(path)!r}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except Exception as err:  # safetensors raises several types for damaged files
-        raise ValueError(f"{str(path)!r} is not a readable safetensors file: {err}") from err
-    return meta, tensors
-
 
 # ---------------------------------------------------------------------------- model files
 def save_model(estimator: Any, path: str | Path, include_decoder: bool = True) -> Path:
@@ -246,54 +147,9 @@ def save_model(estimator: Any, path: str | Path, include_decoder: bool = True) -
 # ---------------------------------------------------------------------------- model files: checks
 #: Largest ``timesteps`` a model file may declare (``make_betas`` allocates ``timesteps`` floats).
 MAX_TIMESTEPS = 100_000
-_MAX_CHANNELS, _MAX_SIDE, _MAX_DEPTH = 4096, 65536, 32
+_MAX_CHANNELS, _MAX_SIDE = 4096, 65536
 _PREFIXES = ("backbone", "ema", "context")
 
-
-class _MetaBuild(TorchFunctionMode):
-    """Count the tensors created, at most ``budget``, and make in-place random fills (``normal_``,
-    ``uniform_``...) no-ops: on the meta device there is nothing to fill, and torch's meta
-    ``normal_`` is slow to set up. The budget stops a file describing a module of millions of
-    layers while they are built, long before they would be compared with the file."""
-
-    SKIP = frozenset(
-        [getattr(torch.Tensor, f"{name}_") for name in ("normal", "uniform", "bernoulli", "random",
-                                                         "exponential", "log_normal", "cauchy")]
-        + [getattr(nn.init, f"{name}_") for name in ("normal", "uniform", "trunc_normal",
-                                                      "kaiming_normal", "kaiming_uniform",
-                                                      "xavier_normal", "xavier_uniform",
-                                                      "orthogonal", "sparse")]
-    )
-
-    FACTORIES = frozenset(getattr(torch, name) for name in (
-        "empty", "empty_strided", "zeros", "ones", "full", "rand", "randn", "randint", "tensor",
-        "as_tensor", "arange", "linspace", "logspace", "eye", "zeros_like", "ones_like",
-        "empty_like", "full_like", "rand_like", "randn_like"))
-
-    def __init__(self, budget: int):
-        super().__init__()
-        self.budget = budget
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
-        if func in self.FACTORIES:  # never raise elsewhere: no_grad's exit is a call too
-            self.budget -= 1
-            if self.budget < 0:
-                raise ValueError("describes a module far larger than the weights the file holds")
-        if func in self.SKIP:  # the tensor filled: the first argument, or nn.init's tensor=
-            return args[0] if args else (kwargs or {})["tensor"]
-        return func(*args, **(kwargs or {}))
-
-
-@contextlib.contextmanager
-def _on_meta(n_tensors: int = 0) -> Iterator[None]:
-    """Build modules without memory: ``torch.device('meta')``, random fills skipped, at most
-    ``1000 + 4 * n_tensors`` tensors created (one per tensor a module holds, and temporaries)."""
-    with torch.device("meta"), _MetaBuild(1000 + 4 * n_tensors):
-        yield
-
-
-def _invalid(path: Path, key: str, why: Any) -> ValueError:
-    return ValueError(f"invalid model file {str(path)!r}: {key}: {why}")
 
 
 def _check_version(value: Any, name: str) -> int:
@@ -346,17 +202,6 @@ _META_SCHEMA: dict[str, Callable[[Any, str], Any]] = {
 _META_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
 
 
-def _depth(data: Any) -> int:
-    """Nesting depth of JSON data, counted without recursion (up to ``_MAX_DEPTH + 1``)."""
-    stack, deepest = [(data, 1)], 0
-    while stack and deepest <= _MAX_DEPTH:
-        value, depth = stack.pop()
-        deepest = max(deepest, depth)
-        items = value.values() if isinstance(value, dict) else value
-        if isinstance(value, dict | list):
-            stack.extend((v, depth + 1) for v in items)
-    return deepest
-
 
 def _check_meta(raw: dict[str, str], path: Path) -> dict[str, Any]:
     """The file's JSON metadata, every key checked against ``_META_SCHEMA``; one ValueError."""
@@ -365,29 +210,22 @@ def _check_meta(raw: dict[str, str], path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(raw[_META_KEY])
     except (ValueError, RecursionError) as err:
-        raise _invalid(path, _META_KEY, f"not valid JSON ({type(err).__name__})") from None
+        raise invalid_file(path, _META_KEY, f"not valid JSON ({type(err).__name__})") from None
     if not isinstance(meta, dict):
-        raise _invalid(path, _META_KEY, f"expected an object, got {type(meta).__name__}")
-    if _depth(meta) > _MAX_DEPTH:
-        raise _invalid(path, _META_KEY, f"nested deeper than {_MAX_DEPTH} levels")
+        raise invalid_file(path, _META_KEY, f"expected an object, got {type(meta).__name__}")
+    if json_depth(meta) > MAX_JSON_DEPTH:
+        raise invalid_file(path, _META_KEY, f"nested deeper than {MAX_JSON_DEPTH} levels")
     for key, check in _META_SCHEMA.items():
         if key not in meta and key in _META_DEFAULTS:
             meta[key] = _META_DEFAULTS[key]
         if key not in meta:
-            raise _invalid(path, key, "missing")
+            raise invalid_file(path, key, "missing")
         try:
             meta[key] = check(meta[key], key)
         except (TypeError, ValueError) as err:
-            raise _invalid(path, key, err) from None
+            raise invalid_file(path, key, err) from None
     return meta
 
-
-def _decode(data: Any, classes: tuple[type, ...], path: Path, key: str) -> Any:
-    """``from_jsonable(data)``, every failure (unknown class, bad arguments) a ValueError."""
-    try:
-        return from_jsonable(data, classes)
-    except (ValueError, TypeError, KeyError, AttributeError, ImportError, RecursionError) as err:
-        raise _invalid(path, key, f"{type(err).__name__}: {err}") from None
 
 
 def _check_params(cls: type, data: dict[str, Any], classes: tuple[type, ...],
@@ -400,64 +238,21 @@ def _check_params(cls: type, data: dict[str, Any], classes: tuple[type, ...],
     names = set(inspect.signature(cls.__init__).parameters) - {"self", "backbone"}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise _invalid(path, f"params.{unknown[0]}", f"not a parameter of {cls.__name__}")
+        raise invalid_file(path, f"params.{unknown[0]}", f"not a parameter of {cls.__name__}")
     try:
         check_int(data.get("timesteps", 1), "timesteps", 1, MAX_TIMESTEPS)
     except (TypeError, ValueError) as err:
-        raise _invalid(path, "params.timesteps", err) from None
-    with _on_meta():
-        trial = _decode(data, classes, path, "params")
+        raise invalid_file(path, "params.timesteps", err) from None
+    with build_on_meta():
+        trial = decode_component(data, classes, path, "params")
     estimator = cls(**trial)
     try:
         if hasattr(estimator, "get_params"):
             check_params(estimator.get_params(deep=False))  # the checks fit runs
     except (TypeError, ValueError) as err:
-        raise _invalid(path, "params", err) from None
-    return _decode(data, classes, path, "params")
+        raise invalid_file(path, "params", err) from None
+    return decode_component(data, classes, path, "params")
 
-
-def _header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
-    """``(metadata, {key: shape})`` of a safetensors file, read without its tensors."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {str(path)!r}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-            return f.metadata() or {}, shapes
-    except Exception as err:  # safetensors raises several types for damaged files
-        raise ValueError(f"{str(path)!r} is not a readable safetensors file: {err}") from err
-
-
-def _check_shapes(module: nn.Module, shapes: dict[str, tuple[int, ...]], prefix: str,
-                  path: Path) -> None:
-    """ValueError naming the first key where ``module``'s state and the file's ``prefix.``
-    tensors differ (a missing or extra key, or another shape)."""
-    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    have = {k[len(prefix) + 1 :]: s for k, s in shapes.items() if k.startswith(prefix + ".")}
-    for key in sorted(set(want) | set(have)):
-        if want.get(key) != have.get(key):
-            raise ValueError(
-                f"the weights in {str(path)!r} do not fit the {prefix} module "
-                f"({type(module).__name__}): was it built with other arguments? first differing "
-                f"key {prefix}.{key}: the file holds {have.get(key)}, the module {want.get(key)}"
-            )
-
-
-def _restore(tensors: dict[str, torch.Tensor], prefix: str, module: nn.Module, path: Path,
-             device: torch.device) -> nn.Module:
-    """Load the ``prefix.`` tensors into ``module`` (strictly); ValueError when they do not fit."""
-    state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(
-            f"the weights in {str(path)!r} do not fit the {prefix} module "
-            f"({type(module).__name__}): was it built with other arguments? "
-            f"{str(err).splitlines()[0]}"
-        ) from err
-    return module.to(device).eval()
 
 
 def _backbone_from(meta: dict[str, Any], backbone: nn.Module | None, classes: tuple[type, ...],
@@ -468,9 +263,9 @@ def _backbone_from(meta: dict[str, Any], backbone: nn.Module | None, classes: tu
     a copy, and no warning.
     """
     if meta["backbone"] is not None:
-        net = _decode(meta["backbone"], classes, path, "backbone")
+        net = decode_component(meta["backbone"], classes, path, "backbone")
         if not isinstance(net, nn.Module):
-            raise _invalid(path, "backbone", f"{type(net).__name__} is not a torch module")
+            raise invalid_file(path, "backbone", f"{type(net).__name__} is not a torch module")
         if backbone is not None and not dry:
             warnings.warn(
                 f"backbone= is ignored: {str(path)!r} describes its backbone "
@@ -491,25 +286,25 @@ def _check_layout(meta: dict[str, Any], context: Any, backbone: nn.Module | None
     the file's; True when the file's context decoder fits ``context`` (else a warning)."""
     stray = [k for k in shapes if k.split(".")[0] not in _PREFIXES]
     if stray:
-        raise _invalid(path, stray[0], "not a tensor of a model file")
+        raise invalid_file(path, stray[0], "not a tensor of a model file")
     channels = meta["image_shape"][0]
-    with _on_meta(len(shapes)):
+    with build_on_meta(len(shapes)):
         net = _backbone_from(meta, backbone, classes, path, dry=True)
-        _check_shapes(net, shapes, "backbone", path)
+        check_state_shapes(net, shapes, "backbone", path)
         if any(k.startswith("ema.") for k in shapes):
-            _check_shapes(net, shapes, "ema", path)
+            check_state_shapes(net, shapes, "ema", path)
         in_channels = getattr(net, "in_channels", None)
         if isinstance(in_channels, int) and in_channels != channels:
-            raise _invalid(path, "image_shape", f"{channels} channels, but the backbone takes "
+            raise invalid_file(path, "image_shape", f"{channels} channels, but the backbone takes "
                            f"{in_channels}")
         if not (meta["has_decoder"] and context is not None):
             return False
         try:
             head = context.build(net.feature_channels, channels)
         except (TypeError, ValueError, AttributeError) as err:
-            raise _invalid(path, "params.context", err) from None
+            raise invalid_file(path, "params.context", err) from None
     try:
-        _check_shapes(head, shapes, "context", path)
+        check_state_shapes(head, shapes, "context", path)
     except ValueError as err:  # written before save stored the fitted context
         warnings.warn(
             f"the context decoder in {str(path)!r} does not match the file's context "
@@ -520,19 +315,6 @@ def _check_layout(meta: dict[str, Any], context: Any, backbone: nn.Module | None
         return False
     return True
 
-
-def _read_tensors(path: Path, allow_nonfinite: bool) -> dict[str, torch.Tensor]:
-    """The file's tensors; ValueError naming the first one holding NaN or inf, unless allowed."""
-    tensors = read_safetensors(path, "model file")[1]
-    for key, value in tensors.items():
-        if not allow_nonfinite and value.is_floating_point() and not bool(
-            torch.isfinite(value).all()
-        ):
-            raise ValueError(
-                f"tensor {key!r} in {str(path)!r} holds non-finite values (NaN or inf); pass "
-                "allow_nonfinite=True to load it anyway"
-            )
-    return tensors
 
 
 def load_model(cls: type, path: str | Path, device: str = "auto",
@@ -548,23 +330,23 @@ def load_model(cls: type, path: str | Path, device: str = "auto",
     key (``FileNotFoundError`` when there is no file).
     """
     path = Path(path)
-    raw, shapes = _header(path)
+    raw, shapes = read_header(path)
     meta = _check_meta(raw, path)
     classes = tuple(classes)
     params = _check_params(cls, meta["params"], classes, path)
     has_head = _check_layout(meta, params.get("context"), backbone, classes, shapes, path)
-    tensors = _read_tensors(path, allow_nonfinite)
+    tensors = read_finite_tensors(path, allow_nonfinite)
     net = _backbone_from(meta, backbone, classes, path)
     model = cls(backbone=copy.deepcopy(net), **params)
     dev = check_device(device)
-    net = _restore(tensors, "backbone", net, path, dev)
+    net = restore_state(tensors, "backbone", net, path, dev)
     ema = None
     if any(k.startswith("ema.") for k in tensors):
-        ema = _restore(tensors, "ema", copy.deepcopy(net), path, dev).requires_grad_(False)
+        ema = restore_state(tensors, "ema", copy.deepcopy(net), path, dev).requires_grad_(False)
     head = None
     if has_head:
         head = model.context.build(net.feature_channels, meta["image_shape"][0])
-        head = _restore(tensors, "context", head, path, dev)
+        head = restore_state(tensors, "context", head, path, dev)
     FittedState(
         backbone=net,
         ema_backbone=ema,
