@@ -305,9 +305,11 @@ def check_labels(labels: Any, num_classes: int, n: int, name: str = "labels") ->
     return torch.from_numpy(np.asarray(values, dtype=np.int64))
 
 
-def check_image_or_batch(img: Any, shape: tuple[int, ...], data_range: tuple[float, float],
+def check_image_or_batch(img: Any, shape: tuple[int, ...] | None,
+                         data_range: tuple[float, float],
                          name: str = "img") -> tuple[torch.Tensor, bool]:
-    """One image ``(C, H, W)`` or a batch ``(B, C, H, W)`` of ``shape`` within ``data_range``.
+    """One image ``(C, H, W)`` or a batch ``(B, C, H, W)`` of ``shape`` (any when None) within
+    ``data_range``.
 
     Returns the batch as float32 ``(B, C, H, W)`` and whether ``img`` was one image.
     """
@@ -319,7 +321,7 @@ def check_image_or_batch(img: Any, shape: tuple[int, ...], data_range: tuple[flo
             f"{tuple(img.shape)}{hint}"
         )
     images = check_images(img[None] if single else img, name)
-    if tuple(images.shape[1:]) != tuple(shape):
+    if shape is not None and tuple(images.shape[1:]) != tuple(shape):
         raise ValueError(
             f"{name} must have the fitted model's (C, H, W) = {tuple(shape)}, got "
             f"{tuple(images.shape[1:])}"

@@ -1,4 +1,4 @@
-"""Command line: ``conprediff demo | train | sample | inpaint``.
+"""Command line: ``conprediff demo | fit-autoencoder | train | sample | inpaint``.
 
 Run ``conprediff <command> --help`` for the options of each command.
 """
@@ -94,7 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="class-conditional: the class of an image is its subfolder of FOLDER",
     )
+    train.add_argument("--autoencoder", default=None, metavar="FILE",
+                       help="diffuse in the latents of this autoencoder (written by "
+                            "fit-autoencoder) instead of the pixels")
     _add_training_args(train, steps=5000)
+
+    _add_fit_autoencoder(sub)
 
     sample = sub.add_parser(
         "sample", help="sample a saved model into a PNG grid, or into a folder of PNG files")
@@ -137,6 +142,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_fit_autoencoder(sub: argparse._SubParsersAction) -> None:
+    ae = sub.add_parser("fit-autoencoder",
+                        help="train a KL autoencoder on a folder of images (for latent models)")
+    ae.add_argument("folder", help="folder of PNG/JPEG images (searched recursively)")
+    ae.add_argument("--out", default="autoencoder.safetensors", help="file (%(default)s)")
+    ae.add_argument("--size", type=int, default=None, help="resize images to SIZE x SIZE")
+    ae.add_argument("--rgb", action="store_true", help="3 channels (default: grey)")
+    ae.add_argument("--downsampling-factor", type=int, default=4,
+                    help="f: SIZE x SIZE images become SIZE/f x SIZE/f latents (%(default)s)")
+    ae.add_argument("--latent-channels", type=int, default=4, help="(%(default)s)")
+    ae.add_argument("--base-channels", type=int, default=32, help="width (%(default)s)")
+    ae.add_argument("--kl-weight", type=float, default=1e-6, help="(%(default)s)")
+    ae.add_argument("--steps", type=int, default=2000, help="optimisation steps (%(default)s)")
+    ae.add_argument("--batch-size", type=int, default=64, help="(%(default)s)")
+    ae.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (%(default)s)")
+    ae.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
+    ae.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (%(default)s)")
+
+
+def _fit_autoencoder(args: argparse.Namespace) -> None:
+    import torch
+
+    from .autoencoders import KLAutoencoder
+    from .data import ImageFolder
+
+    data = ImageFolder(args.folder, mode="RGB" if args.rgb else "L", size=args.size)
+    ae = KLAutoencoder(latent_channels=args.latent_channels,
+                       downsampling_factor=args.downsampling_factor,
+                       base_channels=args.base_channels, kl_weight=args.kl_weight, lr=args.lr,
+                       batch_size=args.batch_size, max_steps=args.steps, seed=args.seed,
+                       device=args.device).fit(data)
+    check = torch.stack([data[i] for i in range(min(len(data), 512))])
+    err = ae.evaluate(check)
+    print(f"reconstruction of {len(check)} images: PSNR {err['psnr']:.2f} dB, "
+          f"MSE {err['mse']:.4g}; scaling factor {ae.scaling_factor:.4g}")
+    print(ae.save(args.out))
+
+
 def _model(args: argparse.Namespace, num_classes: int | None = None):
     from .backbones import UNet
     from .estimator import ConPreDiffModel
@@ -151,7 +194,16 @@ def _model(args: argparse.Namespace, num_classes: int | None = None):
         seed=args.seed,
         device=args.device,
         precision=args.precision,
+        autoencoder=_autoencoder(getattr(args, "autoencoder", None)),
     )
+
+
+def _autoencoder(path: str | None):
+    if path is None:
+        return None
+    from .autoencoders import KLAutoencoder
+
+    return KLAutoencoder.load(path)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -253,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``conprediff`` command."""
     args = build_parser().parse_args(argv)
     try:
-        commands = {"demo": _demo, "train": _train, "sample": _sample, "inpaint": _inpaint}
+        commands = {"demo": _demo, "train": _train, "sample": _sample, "inpaint": _inpaint,
+                    "fit-autoencoder": _fit_autoencoder}
         commands[args.command](args)
     except _INPUT_ERRORS as err:
         print(f"conprediff {args.command}: error: {err}", file=sys.stderr)

@@ -8,7 +8,6 @@ The estimator stores its arguments, checks them and delegates: training to
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,15 @@ from ._validation import (
     check_device,
     check_image_or_batch,
     check_int,
-    check_labels,
     check_real,
     check_seed,
 )
-from .diffusion import SAMPLERS, Denoiser, generate, guided
+from .diffusion import SAMPLERS, Denoiser, check_condition, generate, guided
 from .parameters import check_params
 from .persistence import FittedState, load_model, save_model
 from .precision import resolve_precision
 from .schedules import NoiseSchedule
-from .spaces import PixelSpace
+from .spaces import LatentSpace, PixelSpace
 from .training.setup import fit_model, num_classes_of
 
 __all__ = ["ConPreDiffModel", "resolve_device"]
@@ -140,6 +138,13 @@ class ConPreDiffModel(BaseEstimator):
         the null label, so that one network learns the conditional and the unconditional model
         and :meth:`sample` can use classifier-free guidance (Ho & Salimans 2022); in ``[0, 1)``.
         Ignored by an unconditional backbone.
+    autoencoder : Autoencoder, optional
+        Diffuse in this autoencoder's latents (LDM) instead of the pixels: a
+        :class:`~conprediff.autoencoders.KLAutoencoder` or any object following
+        :mod:`conprediff.autoencoders.protocol`. ``fit`` encodes the data once and trains the
+        backbone (and the context term, whose points are then latent vectors) on the scaled
+        latents; ``sample`` and ``inpaint`` decode. An unfitted one is fitted on the data first
+        (with a warning). See ``docs/latent.rst``.
 
     Attributes
     ----------
@@ -174,6 +179,8 @@ class ConPreDiffModel(BaseEstimator):
         Number of processes that trained the model (1 without DDP).
     precision_ : str
         The precision training ran in (``'auto'`` resolved); ``'fp32'`` for older files.
+    autoencoder_ : Autoencoder or None
+        A latent model's autoencoder (a frozen copy of ``autoencoder``, fitted), else None.
 
     Examples
     --------
@@ -216,6 +223,7 @@ class ConPreDiffModel(BaseEstimator):
         seed: int | None = None,
         verbose: int = 1,
         label_dropout: float = 0.1,
+        autoencoder: Any = None,
     ):
         self.backbone = backbone
         self.context = context
@@ -245,6 +253,7 @@ class ConPreDiffModel(BaseEstimator):
         self.seed = seed
         self.verbose = verbose
         self.label_dropout = label_dropout
+        self.autoencoder = autoencoder
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> dict[str, Any]:
@@ -323,9 +332,10 @@ class ConPreDiffModel(BaseEstimator):
             return self.ema_backbone_
         return self.backbone_
 
-    def _space(self) -> PixelSpace:
+    def _space(self) -> PixelSpace | LatentSpace:
         """Where the fitted model diffuses (see :mod:`conprediff.spaces`)."""
-        return PixelSpace(self.data_range_)
+        ae = getattr(self, "autoencoder_", None)
+        return PixelSpace(self.data_range_) if ae is None else LatentSpace(ae, self.data_range_)
 
     def _check_steps(self, steps: int | None, default: int) -> int:
         """``steps``, or ``min(default, timesteps_)`` when None; must lie in [1, timesteps_]."""
@@ -348,26 +358,10 @@ class ConPreDiffModel(BaseEstimator):
         self, net: nn.Module, labels: Any, n: int, guidance_scale: Any
     ) -> tuple[torch.Tensor | None, float, int | None]:
         """``(labels (n,) or None, guidance scale, null label)``, checked against the model."""
-        scale = check_real(guidance_scale, "guidance_scale")
         num_classes = num_classes_of(net)
-        if num_classes is not None and (labels is None or scale != 1.0) and not getattr(
-            self, "label_dropout_", None
-        ):
-            warnings.warn(
-                "the model was trained with label_dropout=0, so its null label (the "
-                "unconditional model, used without labels and by guidance) was never trained",
-                stacklevel=3,
-            )
-        if labels is None:
-            if scale != 1.0:
-                raise ValueError("guidance_scale needs labels: pass labels=...")
-            return None, scale, num_classes
-        if num_classes is None:
-            raise ValueError(
-                "labels were given but the model is unconditional: train a class-conditional "
-                "backbone (e.g. UNet(num_classes=10)) with fit(images, y)"
-            )
-        return check_labels(labels, num_classes, n, "labels"), scale, num_classes
+        cond, scale = check_condition(num_classes, labels, n, guidance_scale,
+                                      getattr(self, "label_dropout_", None))
+        return cond, scale, num_classes
 
     @torch.no_grad()
     def sample(
@@ -442,7 +436,7 @@ class ConPreDiffModel(BaseEstimator):
             b = min(batch_size, n - start)
             part = None if cond is None else cond[start : start + b]
             denoiser = Denoiser(guided(net, part, null, scale), self._fitted_schedule(),
-                                self.prediction_, precision=precision)
+                                self.prediction_, clip=space.clip, precision=precision)
             x = generate(denoiser, (b, *space.point_shape(self.image_shape_)), steps, sampler,
                          eta=eta, generator=gen, device=self.device_, progress=self.verbose > 0)
             out.append(space.decode(x).cpu())
@@ -514,12 +508,14 @@ class ConPreDiffModel(BaseEstimator):
         cond, scale, null = self._condition(net, labels, images.shape[0], guidance_scale)
         steps = self._check_steps(steps, default=250)
         precision, space = self._precision(precision), self._space()
+        dev = self.device_
         filled = repaint(guided(net, cond, null, scale),
-                         space.encode(images).to(self.device_),
-                         space.point_mask(missing).to(self.device_), self._fitted_schedule(),
-                         self.prediction_, steps, jump_length, jump_n_sample, gen, self.device_,
-                         progress=self.verbose > 0, sampler=sampler, precision=precision)
-        out = torch.where(missing, space.decode(filled.float().cpu()), images)
+                         space.encode_known(images.to(dev), missing.to(dev)),
+                         space.point_mask(missing.to(dev)), self._fitted_schedule(),
+                         self.prediction_, steps, jump_length, jump_n_sample, gen, dev,
+                         progress=self.verbose > 0, sampler=sampler, clip=space.clip,
+                         precision=precision)
+        out = torch.where(missing, space.decode(filled.float()).cpu(), images)
         return out[0] if single else out
 
     # ------------------------------------------------------------------ persistence

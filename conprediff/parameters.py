@@ -21,6 +21,7 @@ from ._validation import (
     range_or_auto,
     real_between,
 )
+from .autoencoders.protocol import check_autoencoder
 from .diffusion.gaussian import check_prediction
 from .precision import PRECISIONS
 from .schedules import make_betas
@@ -60,6 +61,8 @@ PARAMETERS: dict[str, Callable[[Any, str], Any]] = {
     "seed": partial(check_int, minimum=0, maximum=_MAX_SEED, optional=True),
     "verbose": int_between(0),
     "label_dropout": real_between(0.0, 1.0, high_open=True),
+    # fitted or not: fit fits an unfitted one first
+    "autoencoder": lambda v, n: None if v is None else check_autoencoder(v, n, fitted=False),
 }
 
 

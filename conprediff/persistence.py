@@ -28,6 +28,9 @@ from sklearn.base import clone
 from torch import nn
 
 from ._validation import check_bool, check_data_range, check_device, check_int, one_of
+from .autoencoders.files import PREFIX as AE_PREFIX
+from .autoencoders.files import autoencoder_tensors, build_autoencoder, describe_autoencoder
+from .autoencoders.protocol import is_fitted
 from .files import (
     MAX_JSON_DEPTH,
     atomic_write,
@@ -70,7 +73,9 @@ class FittedState:
 
     Each field ``name`` is the estimator's attribute ``name_`` (``backbone`` is ``backbone_``).
     ``precision`` is what training ran in (``'auto'`` resolved); a file or an estimator from
-    before it was recorded reads as ``'fp32'``.
+    before it was recorded reads as ``'fp32'``. ``autoencoder`` is a latent model's (frozen)
+    autoencoder, ``None`` for a pixel model; ``image_shape`` and ``data_range`` are the images',
+    in either case.
     """
 
     backbone: nn.Module
@@ -90,6 +95,7 @@ class FittedState:
     prediction: str
     label_dropout: float
     precision: str = "fp32"
+    autoencoder: Any = None  # a latent model's fitted autoencoder
 
     def apply(self, estimator: Any) -> None:
         """Set ``estimator.<name>_`` for every field."""
@@ -124,7 +130,10 @@ def save_model(estimator: Any, path: str | Path, include_decoder: bool = True) -
             continue
         for key, value in module.state_dict().items():
             tensors[f"{prefix}.{key}"] = value.detach().cpu().clone().contiguous()
-    params = {k: v for k, v in estimator.get_params(deep=False).items() if k != "backbone"}
+    if state.autoencoder is not None:
+        tensors.update(autoencoder_tensors(state.autoencoder))
+    params = {k: v for k, v in estimator.get_params(deep=False).items()
+              if k not in ("backbone", "autoencoder")}
     # what the weights were trained with, even if set_params changed it since
     params.update(context=state.context, schedule=state.schedule, timesteps=state.timesteps,
                   prediction=state.prediction)
@@ -140,6 +149,8 @@ def save_model(estimator: Any, path: str | Path, include_decoder: bool = True) -
         "loss_history": state.loss_history,
         "has_decoder": bool(include_decoder and state.context_head is not None),
         "precision": state.precision,
+        "autoencoder": None if state.autoencoder is None
+        else describe_autoencoder(state.autoencoder),
     }
     return write_safetensors(path, tensors, {_META_KEY: json.dumps(meta)})
 
@@ -148,7 +159,7 @@ def save_model(estimator: Any, path: str | Path, include_decoder: bool = True) -
 #: Largest ``timesteps`` a model file may declare (``make_betas`` allocates ``timesteps`` floats).
 MAX_TIMESTEPS = 100_000
 _MAX_CHANNELS, _MAX_SIDE = 4096, 65536
-_PREFIXES = ("backbone", "ema", "context")
+_PREFIXES = ("backbone", "ema", "context", "autoencoder")
 
 
 
@@ -197,9 +208,10 @@ _META_SCHEMA: dict[str, Callable[[Any, str], Any]] = {
     "loss_history": _check_history,
     "has_decoder": check_bool,
     "precision": one_of("fp32", "bf16", "fp16"),
+    "autoencoder": _check_type(dict, type(None)),
 }
 #: Keys a file written before they existed lacks, with the value each then reads as.
-_META_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
+_META_DEFAULTS: dict[str, Any] = {"precision": "fp32", "autoencoder": None}
 
 
 
@@ -235,7 +247,7 @@ def _check_params(cls: type, data: dict[str, Any], classes: tuple[type, ...],
     Decoded under ``torch.device('meta')``, so a module named where a parameter belongs
     allocates nothing; ``timesteps`` is bounded by :data:`MAX_TIMESTEPS`.
     """
-    names = set(inspect.signature(cls.__init__).parameters) - {"self", "backbone"}
+    names = set(inspect.signature(cls.__init__).parameters) - {"self", "backbone", "autoencoder"}
     unknown = sorted(set(data) - names)
     if unknown:
         raise invalid_file(path, f"params.{unknown[0]}", f"not a parameter of {cls.__name__}")
@@ -279,15 +291,36 @@ def _backbone_from(meta: dict[str, Any], backbone: nn.Module | None, classes: tu
     return backbone if dry else copy.deepcopy(backbone)
 
 
+def _autoencoder_from(meta: dict[str, Any], classes: tuple[type, ...],
+                      shapes: dict[str, tuple[int, ...]], path: Path) -> nn.Module | None:
+    """A latent model file's autoencoder, checked against the file's shapes (weights not yet
+    loaded); None for a pixel model."""
+    if meta["autoencoder"] is None:
+        stray = [k for k in shapes if k.startswith(AE_PREFIX + ".")]
+        if stray:
+            raise invalid_file(path, stray[0], "autoencoder weights in a pixel model's file")
+        return None
+    ae = build_autoencoder(meta["autoencoder"], shapes, classes, path)
+    try:
+        f = check_int(ae.downsampling_factor, "downsampling_factor", 1)
+        check_int(ae.latent_channels, "latent_channels", 1)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise invalid_file(path, "autoencoder", err) from None
+    if meta["image_shape"][1] % f or meta["image_shape"][2] % f:
+        raise invalid_file(path, "image_shape", f"not divisible by the autoencoder's "
+                           f"downsampling_factor {f}")
+    return ae
+
+
 def _check_layout(meta: dict[str, Any], context: Any, backbone: nn.Module | None,
                   classes: tuple[type, ...], shapes: dict[str, tuple[int, ...]],
-                  path: Path) -> bool:
+                  path: Path, channels: int) -> bool:
     """Build the file's modules on the meta device (no memory) and compare their shapes with
-    the file's; True when the file's context decoder fits ``context`` (else a warning)."""
+    the file's; True when the file's context decoder fits ``context`` (else a warning).
+    ``channels``: of the points (the images', or a latent model's ``latent_channels``)."""
     stray = [k for k in shapes if k.split(".")[0] not in _PREFIXES]
     if stray:
         raise invalid_file(path, stray[0], "not a tensor of a model file")
-    channels = meta["image_shape"][0]
     with build_on_meta(len(shapes)):
         net = _backbone_from(meta, backbone, classes, path, dry=True)
         check_state_shapes(net, shapes, "backbone", path)
@@ -295,8 +328,8 @@ def _check_layout(meta: dict[str, Any], context: Any, backbone: nn.Module | None
             check_state_shapes(net, shapes, "ema", path)
         in_channels = getattr(net, "in_channels", None)
         if isinstance(in_channels, int) and in_channels != channels:
-            raise invalid_file(path, "image_shape", f"{channels} channels, but the backbone takes "
-                           f"{in_channels}")
+            raise invalid_file(path, "image_shape", f"{channels} channels (of the points), but "
+                               f"the backbone takes {in_channels}")
         if not (meta["has_decoder"] and context is not None):
             return False
         try:
@@ -334,7 +367,10 @@ def load_model(cls: type, path: str | Path, device: str = "auto",
     meta = _check_meta(raw, path)
     classes = tuple(classes)
     params = _check_params(cls, meta["params"], classes, path)
-    has_head = _check_layout(meta, params.get("context"), backbone, classes, shapes, path)
+    ae = _autoencoder_from(meta, classes, shapes, path)
+    channels = meta["image_shape"][0] if ae is None else int(ae.latent_channels)
+    has_head = _check_layout(meta, params.get("context"), backbone, classes, shapes, path,
+                             channels)
     tensors = read_finite_tensors(path, allow_nonfinite)
     net = _backbone_from(meta, backbone, classes, path)
     model = cls(backbone=copy.deepcopy(net), **params)
@@ -345,8 +381,13 @@ def load_model(cls: type, path: str | Path, device: str = "auto",
         ema = restore_state(tensors, "ema", copy.deepcopy(net), path, dev).requires_grad_(False)
     head = None
     if has_head:
-        head = model.context.build(net.feature_channels, meta["image_shape"][0])
+        head = model.context.build(net.feature_channels, channels)
         head = restore_state(tensors, "context", head, path, dev)
+    if ae is not None:
+        ae = restore_state(tensors, AE_PREFIX, ae, path, dev).requires_grad_(False)
+        if not is_fitted(ae):
+            raise invalid_file(path, "autoencoder", "holds an autoencoder that was never fitted")
+        model.autoencoder = ae
     FittedState(
         backbone=net,
         ema_backbone=ema,
@@ -365,6 +406,7 @@ def load_model(cls: type, path: str | Path, device: str = "auto",
         prediction=model.prediction,
         label_dropout=model.label_dropout,
         precision=meta["precision"],
+        autoencoder=ae,
     ).apply(model)
     model.device = device
     return model

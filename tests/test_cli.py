@@ -125,3 +125,34 @@ def test_train_conditional_on_class_subfolders_and_sample_one_class(tmp_path, ca
     assert main([*args, "--label", "1", "--guidance-scale", "2"]) == 0 and out.is_file()
     assert main([*args, "--label", "2"]) == 2  # out of range: reported
     assert "must lie in [0, 2)" in capsys.readouterr().err
+
+
+def test_latent_model_from_the_command_line(tmp_path, capsys):
+    folder = image_folder(tmp_path, 8, 8)
+    ae, model = tmp_path / "ae.safetensors", tmp_path / "m.safetensors"
+    assert main(["fit-autoencoder", str(folder), "--out", str(ae), "--downsampling-factor", "2",
+                 "--latent-channels", "2", "--base-channels", "8", "--steps", "3",
+                 "--batch-size", "4", "--device", "cpu"]) == 0
+    assert "PSNR" in capsys.readouterr().out
+    assert main(["train", str(folder), "--autoencoder", str(ae), "--out", str(model),
+                 "--channel-mults", "1", "2", *TINY]) == 0
+    from conprediff import ConPreDiffModel
+
+    loaded = ConPreDiffModel.load(model)
+    assert loaded.autoencoder_.latent_channels == 2 and loaded.backbone_.in_channels == 2
+    assert main(["sample", str(model), "--n", "2", "--steps", "2", "--sampler", "dpmpp_2m",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:, 4:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "filled.png"
+    assert main(["inpaint", str(folder / "0.png"), str(tmp_path / "mask.png"), "--model",
+                 str(model), "--steps", "4", "--jump-n-sample", "1", "--out", str(out)]) == 0
+    filled, given = np.asarray(Image.open(out)), np.asarray(Image.open(folder / "0.png"))
+    assert np.array_equal(filled[:, :4], given[:, :4])
+    # an image size the autoencoder cannot take: one line, exit code 2
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    Image.fromarray(np.zeros((7, 7), dtype=np.uint8)).save(odd / "a.png")
+    assert main(["train", str(odd), "--autoencoder", str(ae), *TINY]) == 2
+    assert "downsampling_factor=2" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from .gaussian import (
     to_x0_eps,
     training_target,
 )
-from .guidance import guided
+from .guidance import check_condition, guided
 from .samplers import (
     SAMPLERS,
     STEPS,
@@ -44,6 +44,7 @@ __all__ = [
     "diffusion_loss",
     "generate",
     "get_sampler",
+    "check_condition",
     "guided",
     "min_snr_weight",
     "reverse_step",

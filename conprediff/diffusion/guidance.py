@@ -2,12 +2,39 @@ r"""Classifier-free guidance as a wrapper of the network (Ho & Salimans 2022).""
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
 from torch import nn
 
+from .._validation import check_labels, check_real
 from .gaussian import DenoiseFn
 
-__all__ = ["guided"]
+__all__ = ["check_condition", "guided"]
+
+
+def check_condition(num_classes: int | None, labels: Any, n: int, guidance_scale: Any,
+                    label_dropout: float | None) -> tuple[torch.Tensor | None, float]:
+    """``(labels (n,) or None, guidance scale)`` of a sampling call, checked against a model
+    with ``num_classes`` (None: unconditional) trained with ``label_dropout``."""
+    scale = check_real(guidance_scale, "guidance_scale")
+    if num_classes is not None and (labels is None or scale != 1.0) and not label_dropout:
+        warnings.warn(
+            "the model was trained with label_dropout=0, so its null label (the "
+            "unconditional model, used without labels and by guidance) was never trained",
+            stacklevel=4,
+        )
+    if labels is None:
+        if scale != 1.0:
+            raise ValueError("guidance_scale needs labels: pass labels=...")
+        return None, scale
+    if num_classes is None:
+        raise ValueError(
+            "labels were given but the model is unconditional: train a class-conditional "
+            "backbone (e.g. UNet(num_classes=10)) with fit(images, y)"
+        )
+    return check_labels(labels, num_classes, n, "labels"), scale
 
 
 def guided(

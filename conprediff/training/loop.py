@@ -98,8 +98,8 @@ class TrainConfig:
 
     schedule: NoiseSchedule
     prediction: str
-    data_range: tuple[float, float]
-    image_shape: tuple[int, int, int]
+    data_range: tuple[float, float] | None  # None: points already encoded (a latent data set)
+    image_shape: tuple[int, int, int]  # of the points trained on
     device: torch.device
     lr: float
     max_steps: int
@@ -118,9 +118,10 @@ class TrainConfig:
     num_classes: int | None = None  # class-conditional training when set
     label_dropout: float = 0.0
     space: Any = None  # what the images are encoded into; PixelSpace(data_range) when None
+    autoencoder: str | None = None  # a latent run's autoencoder digest, checked on resume
 
     def __post_init__(self) -> None:
-        if self.space is None:
+        if self.space is None and self.data_range is not None:
             self.space = PixelSpace(self.data_range)
 
 
@@ -228,8 +229,10 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(cfg.device)
         return {
             "seed": self.seed,
-            "run": {"image_shape": list(cfg.image_shape), "data_range": list(cfg.data_range),
-                    "precision": cfg.precision},
+            "run": {"image_shape": list(cfg.image_shape),
+                    "data_range": None if cfg.data_range is None else list(cfg.data_range),
+                    "precision": cfg.precision,
+                    **({} if cfg.autoencoder is None else {"autoencoder": cfg.autoencoder})},
             "step": self.state.step,
             "history": self.state.history,
             "objective": self.objective.state_dict(),
@@ -285,11 +288,13 @@ class Trainer:
                 f"data holds images of varying size: expected (C, H, W) = {cfg.image_shape}, "
                 f"got a batch of {tuple(images.shape[1:])}"
             )
-        try:  # every batch, not only the one the range was inferred from
-            check_in_range(images, cfg.data_range, "data")
-        except ValueError as err:
-            raise ValueError(f"the batch of step {self.state.step}: {err}") from None
-        x0 = cfg.space.encode(images.to(cfg.device, non_blocking=True))
+        x0 = images.to(cfg.device, non_blocking=True)
+        if cfg.data_range is not None:  # pixels; latents were checked as they were encoded
+            try:  # every batch, not only the one the range was inferred from
+                check_in_range(images, cfg.data_range, "data")
+            except ValueError as err:
+                raise ValueError(f"the batch of step {self.state.step}: {err}") from None
+            x0 = cfg.space.encode(x0)
         if cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         if cfg.num_classes is None:

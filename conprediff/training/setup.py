@@ -22,9 +22,11 @@ from ..persistence import FittedState, copy_config
 from ..precision import channels_last_for, resolve_precision
 from ..ranges import infer_data_range
 from ..schedules import NoiseSchedule
+from ..spaces import LatentSpace
 from . import distributed
 from .checkpoint import read_checkpoint, read_latest_checkpoint
 from .data import BatchStream, as_loader, split_batch
+from .latents import autoencoder_digest, encode_data, fitted_autoencoder
 from .loop import DiffusionObjective, TrainConfig, Trainer
 
 __all__ = ["TRAIN_ARGS", "check_resume", "fit_model", "num_classes_of", "read_resume_state"]
@@ -78,9 +80,9 @@ def read_resume_state(resume: str | Path, checkpoint_dir: str | Path | None
     return read_checkpoint(resume)
 
 
-def check_resume(state: dict[str, Any], shape: tuple, data_range: tuple,
+def check_resume(state: dict[str, Any], shape: tuple, data_range: tuple | None,
                  has_context: bool, train_args: dict[str, Any] | None = None,
-                 precision: str | None = None) -> None:
+                 precision: str | None = None, autoencoder: str | None = None) -> None:
     """Refuse a checkpoint written for other data, with/without context prediction, or with
     other training arguments.
 
@@ -89,6 +91,8 @@ def check_resume(state: dict[str, Any], shape: tuple, data_range: tuple,
     written by an older version, is accepted). ``precision``: the resumed run's resolved
     precision; a warning when ``precision='auto'`` resolved otherwise where the checkpoint was
     written (another device: the run goes on, but not bit for bit as it would have there).
+    ``shape`` and ``data_range`` are those of the points trained on (a latent run's: the latent
+    shape and None); ``autoencoder``: the digest of a latent run's autoencoder.
     """
     _check_train_args(state.get("train_args"), train_args)
     run = state.get("run", {})
@@ -96,11 +100,16 @@ def check_resume(state: dict[str, Any], shape: tuple, data_range: tuple,
         warnings.warn(f"the checkpoint's run computed in {run['precision']}, this device in "
                       f"{precision}: the resumed run is not bitwise the one it continues",
                       stacklevel=4)
-    for name, now in (("image_shape", list(shape)), ("data_range", list(data_range))):
-        if name in run and list(run[name]) != now:
+    now = {"image_shape": list(shape),
+           "data_range": None if data_range is None else list(data_range)}
+    for name, value in now.items():
+        if name in run and run[name] != value:
             raise ValueError(
-                f"the checkpoint was written for {name} {run[name]}, this data gives {now}"
+                f"the checkpoint was written for {name} {run[name]}, this data gives {value}"
             )
+    if run.get("autoencoder") != autoencoder:
+        raise ValueError("the checkpoint was written with another autoencoder (its weights "
+                         "differ): resume with the autoencoder the run was started with")
     had_context = any(k.startswith("context_head.") for k in state["objective"])
     if had_context != has_context:
         raise ValueError(
@@ -182,8 +191,9 @@ def _total_steps(p: dict[str, Any], loader: Any) -> int:
         raise ValueError("epochs needs data of known length; use max_steps") from None
 
 
-def _config(p: dict[str, Any], shape: tuple[int, int, int], data_range: tuple[float, float],
-            device: torch.device, n_steps: int, num_classes: int | None) -> TrainConfig:
+def _config(p: dict[str, Any], shape: tuple[int, int, int],
+            data_range: tuple[float, float] | None, device: torch.device, n_steps: int,
+            num_classes: int | None, autoencoder: str | None) -> TrainConfig:
     """The run's settings; ``precision`` resolved for ``device`` (``'auto'``), and the memory
     format chosen for both (see :mod:`conprediff.precision`)."""
     keys = ("lr", "min_snr_gamma", "grad_accum_steps", "grad_clip", "lr_warmup_steps",
@@ -201,6 +211,7 @@ def _config(p: dict[str, Any], shape: tuple[int, int, int], data_range: tuple[fl
         precision=precision,
         channels_last=channels_last_for(device, precision),
         num_classes=num_classes,
+        autoencoder=autoencoder,
         **{k: p[k] for k in keys},
     )
 
@@ -220,6 +231,40 @@ def _run(trainer: Trainer, resume_state: dict[str, Any] | None, seed: int,
         if "stack expects each tensor to be equal size" in str(err):
             raise ValueError(f"data holds images of varying size: {err}") from err
         raise
+
+
+def _latent_range(p: dict[str, Any], ae: Any, first: torch.Tensor) -> tuple[float, float]:
+    """The pixel range of a latent model: the autoencoder's (``data_range_``) unless it has none;
+    a ``data_range`` given beside it must be the same."""
+    own = getattr(ae, "data_range_", None)
+    if p["data_range"] == "auto":
+        data_range = tuple(own) if own is not None else infer_data_range(first)
+    else:
+        data_range = p["data_range"]
+        if own is not None and tuple(own) != tuple(data_range):
+            raise ValueError(f"data_range={data_range} differs from the autoencoder's "
+                             f"data_range_={tuple(own)}: leave data_range='auto'")
+    check_in_range(first, data_range, "data")
+    return data_range
+
+
+def _latent_loader(p: dict[str, Any], ae: Any, data: Any, y: Any, shape: tuple[int, ...],
+                   data_range: tuple[float, float], num_classes: int | None, seed: int,
+                   dist_info: distributed.DistInfo, device: torch.device
+                   ) -> tuple[Any, tuple[int, ...]]:
+    """A loader over the data encoded once into latents, and the latents' ``(c, h, w)``."""
+    template = p["backbone"]
+    in_channels = getattr(template, "in_channels", None)
+    if in_channels is not None and in_channels != ae.latent_channels:
+        raise ValueError(f"backbone in_channels={in_channels} does not match the autoencoder's "
+                         f"latent_channels={ae.latent_channels}: a latent model's backbone "
+                         "takes latents (leave in_channels=None to fill it in)")
+    latents, labels = encode_data(LatentSpace(ae.to(device), data_range), data, y,
+                                  p["batch_size"], shape, num_classes, device,
+                                  progress=p["verbose"] > 0)
+    loader, _ = as_loader(latents, labels, p["batch_size"], seed, dist_info.world_size,
+                          dist_info.rank)
+    return loader, tuple(latents.shape[1:])
 
 
 def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path | None = None,
@@ -249,20 +294,28 @@ def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path
                                 dist_info.rank)
     first = _first_batch(data, loader, num_classes)
     shape = tuple(first.shape[1:])
-    if p["data_range"] == "auto":
-        data_range = infer_data_range(first)
+    ae = None
+    if p["autoencoder"] is not None:
+        ae = fitted_autoencoder(p["autoencoder"], data, y, seed, dist_info.enabled, p["verbose"])
+        data_range = _latent_range(p, ae, first)
+        loader, point_shape = _latent_loader(p, ae, data, y, shape, data_range, num_classes,
+                                             seed, dist_info, device)
+        train_range = None  # latents are not bounded; the pixels were checked as encoded
     else:
-        data_range = p["data_range"]
+        data_range = infer_data_range(first) if p["data_range"] == "auto" else p["data_range"]
         check_in_range(first, data_range, "data")
-    backbone, head = _build(p, context, shape, seed, device)
+        point_shape, train_range = shape, data_range
+    backbone, head = _build(p, context, point_shape, seed, device)
     train_args = {k: p[k] for k in TRAIN_ARGS}
-    config = _config(p, shape, data_range, device, _total_steps(p, loader), num_classes)
+    digest = None if ae is None else autoencoder_digest(ae)
+    config = _config(p, point_shape, train_range, device, _total_steps(p, loader), num_classes,
+                     digest)
     trainer = Trainer(DiffusionObjective(backbone, head), BatchStream(loader), config, dist_info,
                       seed, ema_decay=p["ema_decay"], weight_decay=p["weight_decay"],
                       compile=p["compile"], train_args=train_args)
     if resume_state is not None:
-        check_resume(resume_state, shape, data_range, has_context=head is not None,
-                     train_args=train_args, precision=config.precision)
+        check_resume(resume_state, point_shape, train_range, has_context=head is not None,
+                     train_args=train_args, precision=config.precision, autoencoder=digest)
     _run(trainer, resume_state, seed, device, callback, progress=p["verbose"] > 0)
     to_plain = {"memory_format": torch.contiguous_format}
     return FittedState(
@@ -283,4 +336,5 @@ def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path
         prediction=p["prediction"],
         label_dropout=p["label_dropout"],
         precision=config.precision,
+        autoencoder=ae,
     )
