@@ -97,3 +97,19 @@ def test_image_folder_labels_from_subfolders(tmp_path):
     Image.new("L", (4, 4)).save(tmp_path / "loose.png")
     with pytest.raises(ValueError, match="1 images lie in it directly"):
         ImageFolder(tmp_path, labels=True)
+
+
+def test_photo_crops_are_colour_labelled_and_seeded():
+    from conprediff.data import PHOTOS, load_photo_crops
+
+    x, y = load_photo_crops(size=16, n_per_photo=5, scale=64, seed=1)
+    assert x.shape == (5 * len(PHOTOS), 3, 16, 16) and x.dtype == torch.float32
+    assert float(x.min()) >= -1 and float(x.max()) <= 1
+    assert torch.equal(y, torch.arange(len(PHOTOS)).repeat_interleave(5))
+    # colour: the channels differ (a grey image would have three equal ones)
+    assert float((x[:, 0] - x[:, 2]).abs().mean()) > 0.05
+    again, _ = load_photo_crops(size=16, n_per_photo=5, scale=64, seed=1)
+    other, _ = load_photo_crops(size=16, n_per_photo=5, scale=64, seed=2)
+    assert torch.equal(again, x) and not torch.equal(other, x)
+    with pytest.raises(ValueError, match="size"):
+        load_photo_crops(size=65, scale=64)
