@@ -61,6 +61,7 @@ suppress_warnings = ["myst.header"]
 API_PAGES: list[tuple[str, str, list[str]]] = [
     ("conprediff", "conprediff", ["conprediff"]),
     ("conprediff.backbones", "conprediff.backbones", ["conprediff.backbones"]),
+    ("conprediff.autoencoders", "conprediff.autoencoders", ["conprediff.autoencoders"]),
     ("conprediff.context", "conprediff.context", ["conprediff.context"]),
     ("conprediff.wasserstein", "conprediff.wasserstein", ["conprediff.wasserstein"]),
     ("conprediff.schedules", "conprediff.schedules", ["conprediff.schedules"]),
@@ -76,8 +77,8 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
     ]),
     ("utilities", "Utilities", [
         "conprediff.spaces", "conprediff.export", "conprediff.plotting", "conprediff.layers",
-        "conprediff.ranges",
-        "conprediff.persistence", "conprediff.parameters", "conprediff.precision",
+        "conprediff.ranges", "conprediff.persistence", "conprediff.files",
+        "conprediff.parameters", "conprediff.precision",
         "conprediff.serialization", "conprediff.cli",
     ]),
 ]
