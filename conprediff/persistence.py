@@ -28,9 +28,14 @@ from sklearn.base import clone
 from torch import nn
 
 from ._validation import check_bool, check_data_range, check_device, check_int, one_of
+from .autoencoders.files import META_KEY as AE_META_KEY
 from .autoencoders.files import PREFIX as AE_PREFIX
-from .autoencoders.files import autoencoder_tensors, build_autoencoder, describe_autoencoder
-from .autoencoders.protocol import is_fitted
+from .autoencoders.files import (
+    autoencoder_tensors,
+    build_autoencoder,
+    check_fitted,
+    describe_autoencoder,
+)
 from .files import (
     MAX_JSON_DEPTH,
     atomic_write,
@@ -218,7 +223,10 @@ _META_DEFAULTS: dict[str, Any] = {"precision": "fp32", "autoencoder": None}
 def _check_meta(raw: dict[str, str], path: Path) -> dict[str, Any]:
     """The file's JSON metadata, every key checked against ``_META_SCHEMA``; one ValueError."""
     if _META_KEY not in raw:
-        raise ValueError(f"{str(path)!r} was not written by ConPreDiffModel.save")
+        hint = ("; it is an autoencoder file: read it with KLAutoencoder.load"
+                if AE_META_KEY in raw else "")
+        raise ValueError(f"{str(path)!r} is not a model file: it was not written by "
+                         f"ConPreDiffModel.save{hint}")
     try:
         meta = json.loads(raw[_META_KEY])
     except (ValueError, RecursionError) as err:
@@ -300,12 +308,8 @@ def _autoencoder_from(meta: dict[str, Any], classes: tuple[type, ...],
         if stray:
             raise invalid_file(path, stray[0], "autoencoder weights in a pixel model's file")
         return None
-    ae = build_autoencoder(meta["autoencoder"], shapes, classes, path)
-    try:
-        f = check_int(ae.downsampling_factor, "downsampling_factor", 1)
-        check_int(ae.latent_channels, "latent_channels", 1)
-    except (AttributeError, TypeError, ValueError) as err:
-        raise invalid_file(path, "autoencoder", err) from None
+    ae = build_autoencoder(meta["autoencoder"], shapes, classes, path)  # protocol checked
+    f = ae.downsampling_factor
     if meta["image_shape"][1] % f or meta["image_shape"][2] % f:
         raise invalid_file(path, "image_shape", f"not divisible by the autoencoder's "
                            f"downsampling_factor {f}")
@@ -384,10 +388,8 @@ def load_model(cls: type, path: str | Path, device: str = "auto",
         head = model.context.build(net.feature_channels, channels)
         head = restore_state(tensors, "context", head, path, dev)
     if ae is not None:
-        ae = restore_state(tensors, AE_PREFIX, ae, path, dev).requires_grad_(False)
-        if not is_fitted(ae):
-            raise invalid_file(path, "autoencoder", "holds an autoencoder that was never fitted")
-        model.autoencoder = ae
+        ae = check_fitted(restore_state(tensors, AE_PREFIX, ae, path, dev), path)
+        model.autoencoder = ae.requires_grad_(False)
     FittedState(
         backbone=net,
         ema_backbone=ema,
