@@ -77,7 +77,7 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
     ]),
     ("utilities", "Utilities", [
         "conprediff.spaces", "conprediff.export", "conprediff.plotting", "conprediff.layers",
-        "conprediff.ranges", "conprediff.persistence", "conprediff.files",
+        "conprediff.ranges", "conprediff.files", "conprediff.persistence",
         "conprediff.parameters", "conprediff.precision",
         "conprediff.serialization", "conprediff.cli",
     ]),
