@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     ms = {name: median_ms(t) for name, t in times.items()}
     pixel = ms["pixels, baseline"]
     lines = [
-        f"`{' '.join(shlex.quote(a) for a in ['python', 'benchmarks/latent_cost.py', *sys.argv[1:]])}`",
+        "`" + " ".join(shlex.quote(a) for a in ["python", "benchmarks/latent_cost.py",
+                                                 *sys.argv[1:]]) + "`",
         "",
         f"Machine: {machine_cores()}. Batch {args.batch_size}, UNet base {args.base_channels}, "
         f"{args.dataset} images {tuple(batch.shape[1:])}; medians of {args.repeats} steps "

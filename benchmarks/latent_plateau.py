@@ -50,13 +50,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", choices=("mnist", "photos"), default="mnist")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--steps", default="500,1000,2000,3000,4000")
+    ap.add_argument("--steps", default="500,1000,2000")
     ap.add_argument("--factor", type=int, default=4, help="autoencoder downsampling factor")
     ap.add_argument("--latent-channels", type=int, default=4)
-    ap.add_argument("--ae-steps", type=int, default=2000)
+    ap.add_argument("--ae-steps", type=int, default=1500)
+    ap.add_argument("--ae-base-channels", type=int, default=16)
+    ap.add_argument("--ae-batch-size", type=int, default=32)
+    ap.add_argument("--channel-mults", default="1,2", help="UNet levels on the latent grid")
     ap.add_argument("--base-channels", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--n-samples", type=int, default=1000)
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--classifier-epochs", type=int, default=15)
@@ -70,6 +73,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.seeds, args.steps, args.ae_steps, args.n_samples = 2, "4,8", 10, 64
         args.base_channels, args.classifier_epochs, args.sample_steps = 8, 1, 4
+        args.ae_base_channels = 8
     args.steps = [int(s) for s in args.steps.split(",")]
     args.out = Path(args.out or f"outputs/latent{'-quick' if args.quick else ''}/{args.dataset}")
     default_docs = args.out if args.quick else ROOT / "docs" / "benchmarks"
@@ -91,7 +95,8 @@ def autoencoder(args: argparse.Namespace, x: torch.Tensor) -> KLAutoencoder:
     if path.is_file():
         return KLAutoencoder.load(path)
     ae = KLAutoencoder(latent_channels=args.latent_channels, downsampling_factor=args.factor,
-                       base_channels=32, max_steps=args.ae_steps, seed=0, device="cpu",
+                       base_channels=args.ae_base_channels, batch_size=args.ae_batch_size,
+                       max_steps=args.ae_steps, seed=0, device="cpu",
                        verbose=1).fit(x)
     ae.save(path)
     return ae
@@ -103,7 +108,7 @@ def extractor(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> Fea
 
 
 def model(args: argparse.Namespace, arm: str, seed: int, ae: KLAutoencoder) -> ConPreDiffModel:
-    levels = (1, 2, 2)
+    levels = tuple(int(c) for c in args.channel_mults.split(","))
     return ConPreDiffModel(
         backbone=UNet(base_channels=args.base_channels, channel_mults=levels),
         context=ContextPrediction() if arm == "conprediff" else None, autoencoder=ae,
@@ -150,7 +155,10 @@ def prepare(args: argparse.Namespace) -> dict:
     evaluator = Evaluator(ext, x, kid_subset_size=min(1000, args.n_samples))
     recon = ae.reconstruct(x)
     floor = evaluator.floor(args.n_samples, repeats=10, groups=3)
+    with torch.no_grad():
+        shape = list(ae.encode(x[:1]).shape[1:])
     info = {"reconstruction": ae.evaluate(x), "scaling_factor": ae.scaling_factor,
+            "latent_shape": shape,
             "reconstruction_metrics": evaluator(evaluator.features(recon)),
             "floor": floor, "classifier_accuracy": ext.test_accuracy_,
             "ae_loss_last": float(np.mean(ae.loss_history_.get("rec", [np.nan])[-50:]))}

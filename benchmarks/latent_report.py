@@ -84,14 +84,17 @@ def write_report(args: Any, info: dict, command: str, machine: str, paired: Any)
     lines += [
         f"Command: `{command}`  ",
         f"Machine: {machine}; written {datetime.date.today().isoformat()}.", "",
-        f"Autoencoder: KL, f = {args.factor}, {args.latent_channels} latent channels, "
-        f"{args.ae_steps} steps; reconstruction PSNR {info['reconstruction']['psnr']:.2f} dB, "
+        f"Autoencoder: KL, f = {args.factor}, {args.latent_channels} latent channels, base "
+        f"{args.ae_base_channels}, batch {args.ae_batch_size}, {args.ae_steps} steps; "
+        f"latent grid {tuple(info.get('latent_shape', ()))}; reconstruction PSNR "
+        f"{info['reconstruction']['psnr']:.2f} dB, "
         f"FID of the reconstructions {recon['fid']:.3f} (class-balanced "
         f"{recon.get('fid_class_balanced', float('nan')):.3f}): the floor under any latent "
         f"model here. Ideal-model floor at {args.n_samples} samples: FID "
         f"{info['floor']['fid']:.3f}. Feature classifier's held-out accuracy "
         f"{info['classifier_accuracy']:.4f}.", "",
-        f"Diffusion: UNet base {args.base_channels}, batch {args.batch_size}, lr {args.lr}; "
+        f"Diffusion: UNet base {args.base_channels}, levels ({args.channel_mults}), batch "
+        f"{args.batch_size}, lr {args.lr}; "
         f"{args.n_samples} samples per evaluation, DPM-Solver++(2M) {args.sample_steps} steps, "
         f"one sampling seed shared by both arms; {len(seeds)} training seeds, paired.", "",
         "| steps | FID baseline | FID ConPreDiff | ratio (per pair) | pairs ConPreDiff better "

@@ -3,6 +3,7 @@
 The public API, re-exported from the modules that define it.
 """
 
+from .autoencoders import KLAutoencoder
 from .backbones import Backbone, UNet
 from .context import (
     ConstantWeight,
@@ -27,6 +28,7 @@ __all__ = [
     "ExactW2",
     "GaussianDecoder",
     "GaussianW2",
+    "KLAutoencoder",
     "NeighborhoodSampler",
     "NoiseSchedule",
     "SNRWeight",
