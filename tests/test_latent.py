@@ -244,3 +244,13 @@ def test_bad_latent_input_gets_errors_that_name_the_argument(digits, ae, pair):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ae.is_fitted  # the fitted one passed to every model above is unchanged
+
+
+def test_the_evaluation_features_train_on_the_colour_photo_crops(tmp_path):
+    from conprediff.data import PHOTOS, load_photo_crops
+    from conprediff.evaluation import FeatureExtractor
+
+    x, y = load_photo_crops(size=16, n_per_photo=60, scale=64)
+    ext = FeatureExtractor(cache_dir=tmp_path, epochs=6, width=8, device="cpu").fit(x, y)
+    assert ext.extract(x[:10]).shape == (10, 128)
+    assert ext.test_accuracy_ > 3 / len(PHOTOS), ext.test_accuracy_  # chance is 1/7
