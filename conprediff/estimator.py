@@ -181,6 +181,9 @@ class ConPreDiffModel(BaseEstimator):
         The precision training ran in (``'auto'`` resolved); ``'fp32'`` for older files.
     autoencoder_ : Autoencoder or None
         A latent model's autoencoder (a frozen copy of ``autoencoder``, fitted), else None.
+    latent_bound_ : float or None
+        A latent model's largest absolute scaled latent in its training data: the range its
+        samplers clamp the clean-latent estimate to (:class:`~conprediff.spaces.LatentSpace`).
 
     Examples
     --------
@@ -335,7 +338,9 @@ class ConPreDiffModel(BaseEstimator):
     def _space(self) -> PixelSpace | LatentSpace:
         """Where the fitted model diffuses (see :mod:`conprediff.spaces`)."""
         ae = getattr(self, "autoencoder_", None)
-        return PixelSpace(self.data_range_) if ae is None else LatentSpace(ae, self.data_range_)
+        if ae is None:
+            return PixelSpace(self.data_range_)
+        return LatentSpace(ae, self.data_range_, getattr(self, "latent_bound_", None))
 
     def _check_steps(self, steps: int | None, default: int) -> int:
         """``steps``, or ``min(default, timesteps_)`` when None; must lie in [1, timesteps_]."""

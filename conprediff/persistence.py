@@ -27,7 +27,14 @@ import torch
 from sklearn.base import clone
 from torch import nn
 
-from ._validation import check_bool, check_data_range, check_device, check_int, one_of
+from ._validation import (
+    check_bool,
+    check_data_range,
+    check_device,
+    check_int,
+    check_real,
+    one_of,
+)
 from .autoencoders.files import META_KEY as AE_META_KEY
 from .autoencoders.files import PREFIX as AE_PREFIX
 from .autoencoders.files import (
@@ -101,6 +108,7 @@ class FittedState:
     label_dropout: float
     precision: str = "fp32"
     autoencoder: Any = None  # a latent model's fitted autoencoder
+    latent_bound: float | None = None  # a latent model's largest |latent| in its training data
 
     def apply(self, estimator: Any) -> None:
         """Set ``estimator.<name>_`` for every field."""
@@ -156,6 +164,7 @@ def save_model(estimator: Any, path: str | Path, include_decoder: bool = True) -
         "precision": state.precision,
         "autoencoder": None if state.autoencoder is None
         else describe_autoencoder(state.autoencoder),
+        "latent_bound": state.latent_bound,
     }
     return write_safetensors(path, tensors, {_META_KEY: json.dumps(meta)})
 
@@ -214,9 +223,11 @@ _META_SCHEMA: dict[str, Callable[[Any, str], Any]] = {
     "has_decoder": check_bool,
     "precision": one_of("fp32", "bf16", "fp16"),
     "autoencoder": _check_type(dict, type(None)),
+    "latent_bound": lambda v, n: check_real(v, n, 0.0, low_open=True, optional=True),
 }
 #: Keys a file written before they existed lacks, with the value each then reads as.
-_META_DEFAULTS: dict[str, Any] = {"precision": "fp32", "autoencoder": None}
+_META_DEFAULTS: dict[str, Any] = {"precision": "fp32", "autoencoder": None,
+                                  "latent_bound": None}
 
 
 
@@ -409,6 +420,7 @@ def load_model(cls: type, path: str | Path, device: str = "auto",
         label_dropout=model.label_dropout,
         precision=meta["precision"],
         autoencoder=ae,
+        latent_bound=meta["latent_bound"],
     ).apply(model)
     model.device = device
     return model

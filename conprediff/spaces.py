@@ -73,13 +73,19 @@ class LatentSpace:
         live on.
     data_range : tuple of float
         ``(lo, hi)`` of the images, mapped onto the autoencoder's ``[-1, 1]``.
+    bound : float, optional
+        The largest absolute scaled latent of the training data: the samplers clamp their
+        estimate of the clean latents to ``[-bound, bound]``, as pixel models clamp to
+        ``[-1, 1]`` (without it, an epsilon-predicting model's estimate at the last timesteps of
+        a cosine schedule is its error divided by :math:`\sqrt{\bar\alpha_T}`, and sampling
+        diverges). None: no clamping.
     """
 
-    clip: tuple[float, float] | None = None  # latents are not bounded
-
-    def __init__(self, autoencoder: Any, data_range: tuple[float, float]):
+    def __init__(self, autoencoder: Any, data_range: tuple[float, float],
+                 bound: float | None = None):
         self.autoencoder = autoencoder
         self.data_range = (float(data_range[0]), float(data_range[1]))
+        self.clip = None if bound is None else (-float(bound), float(bound))
         self.factor = int(autoencoder.downsampling_factor)
         self.scale = float(autoencoder.scaling_factor)
 
@@ -114,4 +120,4 @@ class LatentSpace:
 
     def __repr__(self) -> str:
         return (f"LatentSpace({type(self.autoencoder).__name__}, f={self.factor}, "
-                f"scale={self.scale:.4g}, data_range={self.data_range})")
+                f"scale={self.scale:.4g}, data_range={self.data_range}, clip={self.clip})")

@@ -254,3 +254,32 @@ def test_the_evaluation_features_train_on_the_colour_photo_crops(tmp_path):
     ext = FeatureExtractor(cache_dir=tmp_path, epochs=6, width=8, device="cpu").fit(x, y)
     assert ext.extract(x[:10]).shape == (10, 128)
     assert ext.test_accuracy_ > 3 / len(PHOTOS), ext.test_accuracy_  # chance is 1/7
+
+
+def test_latent_sampling_clamps_to_the_training_latents_and_stays_finite(pair, digits):
+    """An epsilon model's clean-latent estimate at the cosine schedule's last timestep is its
+    error times sqrt(1 - alpha_bar_T) / sqrt(alpha_bar_T) (about 2e4): unclamped, sampling a
+    trained latent model diverged; the latent model clamps to the largest |latent| it was
+    trained on, as pixel models clamp to [-1, 1]."""
+    from conprediff.diffusion import Denoiser
+    from conprediff.schedules import NoiseSchedule
+
+    model = pair[0]
+    space = model._space()
+    bound = float(space.encode(digits[0]).abs().max())
+    assert space.clip == pytest.approx((-bound, bound), rel=1e-6)
+    assert model.latent_bound_ == pytest.approx(bound, rel=1e-6)
+    schedule = NoiseSchedule("cosine", 1000)
+
+    def slightly_wrong(x, t):  # the exact noise of x_t = sqrt(1 - ab) eps for data at 0, + 1 %
+        ab = schedule.alpha_bar.to(x)[t][:, None, None, None]
+        return x / (1 - ab).sqrt() + 0.01
+
+    x_T = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.full((2,), 999)
+    free = Denoiser(slightly_wrong, schedule, clip=None)(x_T, t)[0]
+    clamped = Denoiser(slightly_wrong, schedule, clip=space.clip)(x_T, t)[0]
+    assert float(free.abs().min()) > 10 * bound  # the estimate the clamp keeps in range
+    assert float(clamped.abs().max()) <= bound + 1e-5
+    samples = model.sample(8, steps=50, seed=0)  # the full grid, from t = 999
+    assert bool(torch.isfinite(samples).all())

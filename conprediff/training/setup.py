@@ -251,8 +251,9 @@ def _latent_range(p: dict[str, Any], ae: Any, first: torch.Tensor) -> tuple[floa
 def _latent_loader(p: dict[str, Any], ae: Any, data: Any, y: Any, shape: tuple[int, ...],
                    data_range: tuple[float, float], num_classes: int | None, seed: int,
                    dist_info: distributed.DistInfo, device: torch.device
-                   ) -> tuple[Any, tuple[int, ...]]:
-    """A loader over the data encoded once into latents, and the latents' ``(c, h, w)``."""
+                   ) -> tuple[Any, tuple[int, ...], float]:
+    """A loader over the data encoded once into latents, the latents' ``(c, h, w)`` and their
+    largest absolute value (the samplers' clamp)."""
     template = p["backbone"]
     in_channels = getattr(template, "in_channels", None)
     if in_channels is not None and in_channels != ae.latent_channels:
@@ -264,7 +265,7 @@ def _latent_loader(p: dict[str, Any], ae: Any, data: Any, y: Any, shape: tuple[i
                                   progress=p["verbose"] > 0)
     loader, _ = as_loader(latents, labels, p["batch_size"], seed, dist_info.world_size,
                           dist_info.rank)
-    return loader, tuple(latents.shape[1:])
+    return loader, tuple(latents.shape[1:]), float(latents.abs().max())
 
 
 def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path | None = None,
@@ -298,13 +299,13 @@ def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path
     if p["autoencoder"] is not None:
         ae = fitted_autoencoder(p["autoencoder"], data, y, seed, dist_info.enabled, p["verbose"])
         data_range = _latent_range(p, ae, first)
-        loader, point_shape = _latent_loader(p, ae, data, y, shape, data_range, num_classes,
-                                             seed, dist_info, device)
+        loader, point_shape, bound = _latent_loader(p, ae, data, y, shape, data_range,
+                                                    num_classes, seed, dist_info, device)
         train_range = None  # latents are not bounded; the pixels were checked as encoded
     else:
         data_range = infer_data_range(first) if p["data_range"] == "auto" else p["data_range"]
         check_in_range(first, data_range, "data")
-        point_shape, train_range = shape, data_range
+        point_shape, train_range, bound = shape, data_range, None
     backbone, head = _build(p, context, point_shape, seed, device)
     train_args = {k: p[k] for k in TRAIN_ARGS}
     digest = None if ae is None else autoencoder_digest(ae)
@@ -337,4 +338,5 @@ def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path
         label_dropout=p["label_dropout"],
         precision=config.precision,
         autoencoder=ae,
+        latent_bound=bound,
     )
