@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def data(name: str) -> torch.Tensor:
-    if name == "mnist":
-        return load_mnist_images()[0]
+    if name == "mnist":  # padded to 32 x 32, as in latent_plateau.py: an 8 x 8 grid with f=4
+        return torch.nn.functional.pad(load_mnist_images()[0], (2, 2, 2, 2), value=-1.0)
     return load_photo_crops(size=32)[0]
 
 
@@ -51,7 +51,7 @@ def encode_ms_per_image(ae: KLAutoencoder, x: torch.Tensor) -> float:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", choices=("mnist", "photos"), default="mnist")
-    ap.add_argument("--factors", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--factors", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--latent-channels", type=int, default=4)
     ap.add_argument("--base-channels", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=64)
