@@ -69,6 +69,22 @@ def plot(path: Path, res: dict, seeds: list[int], steps: list[int], floors: dict
     return path
 
 
+def _overhead(res: dict, seeds: list[int], steps: list[int]) -> str:
+    """The context term's training-time overhead: ConPreDiff's seconds over the baseline's for
+    the same steps, per seed (the two arms of a seed train at the same time, one per core)."""
+    ratios = []
+    for s in seeds:
+        t = {a: sum(res[(a, s, q)]["train_seconds"] for q in steps if (a, s, q) in res)
+             for a in ARMS}
+        if t["baseline"] > 0 and all((a, s, q) in res for a in ARMS for q in steps):
+            ratios.append(t["conprediff"] / t["baseline"])
+    if not ratios:
+        return ""
+    return ("Training time, ConPreDiff over baseline, per seed (the two arms of a seed ran side "
+            "by side, one core each; data encoding included): "
+            + ", ".join(f"{r:.3f}" for r in ratios) + f"; mean {np.mean(ratios):.3f}x.")
+
+
 def write_report(args: Any, info: dict, command: str, machine: str, paired: Any) -> Path:
     res = load_results(args.out)
     seeds = list(range(args.seeds))
@@ -122,6 +138,8 @@ def write_report(args: Any, info: dict, command: str, machine: str, paired: Any)
             f"**{'met' if met else 'not met'}** (ratios "
             + ", ".join(f"{r:.2f}" for r in fc / fb) + ").",
         ]
+    if steps:
+        lines += ["", _overhead(res, seeds, steps)]
     fig = plot(args.docs.with_suffix(".png"), res, seeds, steps, floors) if steps else None
     if fig is not None:
         lines += ["", f"![FID against training steps]({fig.name})"]
