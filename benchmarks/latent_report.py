@@ -33,13 +33,14 @@ def _ms(values: list[float]) -> str:
     return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
 
 
-def plateau_step(res: dict, seeds: list[int], steps: list[int], noise: float) -> int:
-    """The first step after which the baseline's mean FID improves by less than ``noise``."""
+def plateau_step(res: dict, seeds: list[int], steps: list[int], noise: float) -> int | None:
+    """The first step after which the baseline's mean FID improves by less than ``noise``; None
+    when it still improves by more at the last interval (the plateau was not reached)."""
     means = [np.nanmean(_values(res, "baseline", seeds, s, "fid")) for s in steps]
     for i in range(len(steps) - 1):
         if means[i] - min(means[i + 1 :]) < noise:
             return steps[i]
-    return steps[-1]
+    return None
 
 
 def plot(path: Path, res: dict, seeds: list[int], steps: list[int], floors: dict) -> Path:
@@ -128,18 +129,23 @@ def write_report(args: Any, info: dict, command: str, machine: str, paired: Any)
             f"| {s} | {_ms(fb)} | {_ms(fc)} | {np.nanmean(ratios):.3f} "
             f"({np.nanmin(ratios):.2f}-{np.nanmax(ratios):.2f}) | {pair.n_favour}/{pair.n} | "
             f"{_ms(cb[0])} | {_ms(cb[1])} | {pr[0]} / {pr[1]} | {rc[0]} / {rc[1]} |")
-    if plateau is not None:
+    if steps:
         fb, fc = (np.asarray(_values(res, a, seeds, steps[-1], "fid")) for a in ARMS)
         met = bool(np.all(fc <= 0.9 * fb))
+        means = [np.nanmean(_values(res, "baseline", seeds, s, "fid")) for s in steps]
+        where = (f"the baseline's mean FID improves by less than the seed-to-seed noise (s.d. "
+                 f"{noise:.2f}) after {plateau} steps" if plateau is not None else
+                 f"**not reached**: the baseline's mean FID still fell from {means[-2]:.2f} to "
+                 f"{means[-1]:.2f} over the last interval" if len(steps) > 1 else "not measured")
         lines += [
-            "", f"Plateau: the baseline's mean FID improves by less than the seed-to-seed noise "
-            f"(s.d. {noise:.2f}) after {plateau} steps. Goal (ConPreDiff's FID at most 0.9x the "
-            f"baseline's in every pair at the last step, {steps[-1]}): "
-            f"**{'met' if met else 'not met'}** (ratios "
+            "", f"Plateau: {where}. Goal (ConPreDiff's FID at most 0.9x the baseline's in every "
+            f"pair{' at the plateau' if plateau is not None else ''}; here at the last step, "
+            f"{steps[-1]}): **{'met' if met else 'not met'}** (ratios "
             + ", ".join(f"{r:.2f}" for r in fc / fb) + ").",
         ]
     if steps:
         lines += ["", _overhead(res, seeds, steps)]
+    args.docs.parent.mkdir(parents=True, exist_ok=True)
     fig = plot(args.docs.with_suffix(".png"), res, seeds, steps, floors) if steps else None
     if fig is not None:
         lines += ["", f"![FID against training steps]({fig.name})"]
