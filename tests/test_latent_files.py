@@ -129,6 +129,9 @@ LATENT_ONLY = {
     "image_shape_not_divisible": (_set("image_shape", [1, 9, 8]), "image_shape: not divisible"),
     "autoencoder_null": (_set("autoencoder", None),
                          r"autoencoder\.\S+: autoencoder weights in a pixel model's file"),
+    "latent_bound_negative": (_set("latent_bound", -1.0), "latent_bound"),
+    "latent_bound_string": (_set("latent_bound", "big"), "latent_bound"),
+    "latent_bound_infinite": (_set("latent_bound", 1e400), "latent_bound"),
 }
 
 
