@@ -25,7 +25,7 @@ import torch
 
 from .._validation import check_int, check_real
 
-__all__ = ["Autoencoder", "check_autoencoder"]
+__all__ = ["Autoencoder", "check_autoencoder", "check_image_size"]
 
 
 @runtime_checkable
@@ -75,3 +75,14 @@ def check_autoencoder(autoencoder: Any, name: str = "autoencoder",
         check_real(float(autoencoder.scaling_factor), f"{name}.scaling_factor", 0.0,
                    low_open=True)
     return autoencoder
+
+
+def check_image_size(shape: tuple[int, ...], factor: int) -> None:
+    """ValueError, naming ``downsampling_factor``, unless the last two sides of ``shape`` are
+    divisible by ``factor``."""
+    if shape[-1] % factor or shape[-2] % factor:
+        raise ValueError(
+            f"image size {tuple(shape[-2:])} is not divisible by the autoencoder's "
+            f"downsampling_factor={factor}: resize or crop the images (e.g. ImageFolder(root, "
+            "size=...)), or choose a smaller downsampling_factor"
+        )

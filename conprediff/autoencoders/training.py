@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from .._validation import check_data_range, check_device, check_images, check_in_range
 from ..ranges import infer_data_range, to_unit
 from ..training.data import BatchStream, as_loader, split_batch
+from .protocol import check_image_size
 
 __all__ = ["fit_autoencoder", "latent_std"]
 
@@ -28,15 +29,6 @@ def _first_images(data: Any, loader: Any) -> torch.Tensor:
         except StopIteration:
             raise ValueError("data is empty: it yielded no batch") from None
     return check_images(split_batch(batch)[0], "data")
-
-
-def _check_size(shape: tuple[int, ...], f: int) -> None:
-    if shape[-1] % f or shape[-2] % f:
-        raise ValueError(
-            f"image size {tuple(shape[-2:])} is not divisible by the autoencoder's "
-            f"downsampling_factor={f}: resize or crop the images (e.g. ImageFolder(root, "
-            f"size=...)), or choose a smaller downsampling_factor"
-        )
 
 
 def _batch(stream: BatchStream, shape: tuple[int, ...], data_range: tuple[float, float],
@@ -72,7 +64,7 @@ def fit_autoencoder(ae: Any, data: Any, y: Any = None) -> None:
     seed = ae.seed if ae.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
     loader, _ = as_loader(data, None, ae.batch_size, seed)
     first = _first_images(data, loader)
-    _check_size(first.shape, ae.downsampling_factor)
+    check_image_size(first.shape, ae.downsampling_factor)
     if ae.data_range == "auto":
         data_range = infer_data_range(first)
     else:

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._validation import check_images, check_in_range, check_labels
-from ..autoencoders.protocol import check_autoencoder, is_fitted
+from ..autoencoders.protocol import check_autoencoder, check_image_size, is_fitted
 from ..spaces import LatentSpace
 from .data import as_loader, split_batch
 
@@ -70,15 +70,6 @@ def autoencoder_digest(autoencoder: Any) -> str | None:
     return h.hexdigest()
 
 
-def _check_size(shape: tuple[int, ...], f: int) -> None:
-    if shape[-1] % f or shape[-2] % f:
-        raise ValueError(
-            f"image size {tuple(shape[-2:])} is not divisible by the autoencoder's "
-            f"downsampling_factor={f}: resize or crop the images (e.g. ImageFolder(root, "
-            "size=...))"
-        )
-
-
 @torch.no_grad()
 def encode_data(space: LatentSpace, data: Any, y: Any, batch_size: int,
                 image_shape: tuple[int, ...], num_classes: int | None,
@@ -89,7 +80,7 @@ def encode_data(space: LatentSpace, data: Any, y: Any, batch_size: int,
     it: random augmentations it applies are drawn once). Every batch is checked as training
     checks it (shape, range, labels).
     """
-    _check_size(image_shape, space.factor)
+    check_image_size(image_shape, space.factor)
     if isinstance(data, torch.Tensor | np.ndarray | torch.utils.data.Dataset):
         loader, n = as_loader(data, y, batch_size, seed=0)
         loader = torch.utils.data.DataLoader(loader.dataset, batch_size=batch_size,
