@@ -103,7 +103,8 @@ def _arm_args(ap: argparse.ArgumentParser) -> None:
                     help="ContextPrediction arguments under every arm, recorded in the "
                          "protocol (e.g. point_fraction=0.5 to continue a folder whose arms were "
                          "run before that default changed)")
-    ap.add_argument("--seeds", type=int, default=5, help="number of paired seeds")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="number of paired seeds (default 5; --quick: 2)")
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--steps", default=None,
                     help="comma-separated evaluation steps (default digits "
@@ -171,7 +172,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.steps_given = args.steps is not None
     if args.quick:
-        args.seeds = 2
+        args.seeds = args.seeds or 2
         args.steps = args.steps or "10,20"
         args.n_samples, args.sample_steps = 64, 10
         args.base_channels, args.channel_mults = 16, "1,2"
@@ -179,6 +180,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.threads = args.threads or 1  # a smoke run should not crowd the machine
         args.out = args.out or f"outputs/ablation-quick/{args.dataset}"
         args.cache_dir = args.cache_dir or f"{args.out}/cache"
+    args.seeds = args.seeds or 5
     args.steps = args.steps or {"digits": "1000,2000,4000,6000,8000",
                                 "mnist": "2000,4000,8000,12000,16000"}[args.dataset]
     args.out = Path(args.out or f"outputs/ablation/{args.dataset}")

@@ -199,22 +199,22 @@ def test_an_arm_can_set_backbone_arguments():
                       device="cpu", verbose=0).backbone.features == "output"
 
 
-def test_workers_run_every_arm_and_seed_in_parallel_and_resume(tmp_path, capsys):
+def test_workers_run_every_arm_in_parallel_and_resume(tmp_path, capsys):
     # --prepare does the one-off work (classifier, noise floor) before any run is trained
     out = tmp_path / "run"
-    flags = ["--quick", "--steps", "4,8", "--wallclock-factor", "1.0", "--out", str(out),
-             "--cache-dir", str(tmp_path / "cache"), "--docs", str(tmp_path / "docs")]
+    flags = ["--quick", "--seeds", "1", "--first-seed", "1", "--steps", "4",
+             "--wallclock-factor", "1.0", "--out", str(out), "--cache-dir",
+             str(tmp_path / "cache"), "--docs", str(tmp_path / "docs")]
     main([*flags, "--prepare"])
     assert {p.name for p in out.iterdir()} == {"protocol.json", "classifier.json", "floor.json"}
     assert "prepared" in capsys.readouterr().out
     # two (arm, seed) runs at a time, each in its own process
     main([*flags, "--workers", "2"])
     res = load_results(out)
-    assert set(res) == {(arm, seed, step) for arm in ("baseline", DEFAULT) for seed in (0, 1)
-                        for step in (4, 8)}
+    assert set(res) == {(arm, 1, 4) for arm in ("baseline", DEFAULT)}
     assert all(r["workers"] == 2 and r["threads"] >= 1 and math.isfinite(r["fid"])
                for r in res.values())
-    assert res[(DEFAULT, 0, 8)]["config"] != res[("baseline", 0, 8)]["config"] == "None"
+    assert res[(DEFAULT, 1, 4)]["config"] != res[("baseline", 1, 4)]["config"] == "None"
     assert (tmp_path / "docs" / "ablation_digits_run_quick_results.md").is_file()
     # a rerun finds everything done: it trains nothing and rewrites nothing
     files = sorted((out / "results").glob("*/seed*/step*.json"))

@@ -219,16 +219,16 @@ def test_context_prediction_trains_a_conditional_backbone(images, labels):
 
 
 def test_a_class_conditional_model_draws_the_requested_digits():
-    """200 steps on the 8x8 digits: a logistic regression trained on the data recognises the
+    """120 steps on the 8x8 digits: a logistic regression trained on the data recognises the
     requested class in most samples, more so with guidance, and at chance without labels."""
     x, y = load_digits_images(size=8)
     clf = LogisticRegression(max_iter=2000).fit(x.reshape(len(x), -1).numpy(), y.numpy())
     m = ConPreDiffModel(backbone=UNet(base_channels=16, channel_mults=(1, 2), num_classes=10),
-                        max_steps=200, batch_size=64, lr=1e-3, seed=0, verbose=0).fit(x, y)
+                        max_steps=120, batch_size=64, lr=2e-3, seed=0, verbose=0).fit(x, y)
     want = torch.arange(200) % 10
     acc = {}
     for w in (0.0, 1.0, 3.0):
         s = m.sample(200, steps=20, labels=want, guidance_scale=w, seed=1)
         acc[w] = float(np.mean(clf.predict(s.reshape(200, -1).numpy()) == want.numpy()))
-    # measured: 0.115, 0.71 and 0.965 (2026-11-30, AMD EPYC)
+    # measured: 0.1, 0.665 and 0.96 (0.12, 0.66 and 0.95 with seed=3)
     assert acc[0.0] < 0.3 and acc[1.0] > 0.5 and acc[3.0] > max(acc[1.0], 0.8), acc

@@ -234,10 +234,21 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
 """
 
 
-def test_crafted_files_allocate_nothing_large(good, tmp_path):
+@pytest.fixture(scope="module", autouse=True)
+def memory_probe(good, tmp_path_factory):
+    """The peak-memory subprocess, started with the module so that it runs beside its tests."""
+    folder = tmp_path_factory.mktemp("crafted")
     names = ["huge_base_channels", "huge_latent_channels", "huge_factor"]
-    paths = [str(_crafted(good[kind], key, COMMON[name][0], tmp_path / f"{name}.{kind}"))
+    paths = [str(_crafted(good[kind], key, COMMON[name][0], folder / f"{name}.{kind}"))
              for kind, key in [("ae", AE_KEY), ("latent", MODEL_KEY)] for name in names]
-    out = subprocess.run([sys.executable, "-c", _MEASURE, str(good["ae"]), str(good["latent"]),
-                          *paths], capture_output=True, text=True, timeout=300, check=True)
-    assert int(out.stdout.split()[-1]) < 50_000  # KiB of peak memory above a good load
+    proc = subprocess.Popen([sys.executable, "-c", _MEASURE, str(good["ae"]), str(good["latent"]),
+                             *paths], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield proc
+    proc.kill()
+    proc.communicate()
+
+
+def test_crafted_files_allocate_nothing_large(memory_probe):
+    out, err = memory_probe.communicate(timeout=300)
+    assert memory_probe.returncode == 0, err
+    assert int(out.split()[-1]) < 50_000  # KiB of peak memory above a good load

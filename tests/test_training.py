@@ -40,19 +40,30 @@ def assert_same_weights(a, b, atol=0.0):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
 
 
-def run_script(*args, timeout=240):
-    return subprocess.run(
-        [sys.executable, str(SCRIPTS / "train_tiny.py"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+SIGKILL_KINDS = ("sampled", "conditional")  # "conditional" has no context head: the plain path
 
 
-@pytest.mark.parametrize("kind", ["none", "sampled", "conditional"])
-def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tmp_path, one_thread, kind):
-    killed = run_script(tmp_path, "--kill-at", 6, "--context", kind)
-    assert killed.returncode == -9, killed.stderr  # SIGKILL
+@pytest.fixture(scope="module")
+def killed_runs(tmp_path_factory):
+    """Both killed runs started at once (two cores): ``kind -> (process, folder)``."""
+    runs = {}
+    for kind in SIGKILL_KINDS:
+        folder = tmp_path_factory.mktemp(f"killed-{kind}")
+        cmd = [sys.executable, str(SCRIPTS / "train_tiny.py"), str(folder), "--kill-at", "6",
+               "--context", kind]
+        runs[kind] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True), folder)
+    yield runs
+    for proc, _ in runs.values():
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.parametrize("kind", SIGKILL_KINDS)
+def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(killed_runs, one_thread, kind):
+    proc, tmp_path = killed_runs[kind]
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == -9, stderr  # SIGKILL
     assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["ckpt-000000004.safetensors"]
 
     cond = kind == "conditional"  # the label dropout's draws must resume exactly too

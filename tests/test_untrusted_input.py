@@ -196,13 +196,24 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
 """
 
 
-def test_crafted_files_allocate_nothing_large(tmp_path):
+@pytest.fixture(scope="module", autouse=True)
+def memory_probe(tmp_path_factory):
+    """The peak-memory subprocess, started with the module so that it runs beside its tests."""
+    folder = tmp_path_factory.mktemp("crafted")
     names = ["oversized_base_channels", "huge_in_channels", "million_res_blocks", "timesteps_3e8",
              "huge_image_shape", "module_as_lr", "deep_json_100000", "nan_weights"]
-    paths = [str(_crafted(tmp_path, name)) for name in names]
-    out = subprocess.run([sys.executable, "-c", _MEASURE, str(GOOD), *paths],
-                         capture_output=True, text=True, timeout=300, check=True)
-    assert int(out.stdout.split()[-1]) < 50_000  # KiB of peak memory above a good load
+    paths = [str(_crafted(folder, name)) for name in names]
+    proc = subprocess.Popen([sys.executable, "-c", _MEASURE, str(GOOD), *paths],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield proc
+    proc.kill()
+    proc.communicate()
+
+
+def test_crafted_files_allocate_nothing_large(memory_probe):
+    out, err = memory_probe.communicate(timeout=300)
+    assert memory_probe.returncode == 0, err
+    assert int(out.split()[-1]) < 50_000  # KiB of peak memory above a good load
 
 
 def test_cli_reports_a_bad_file_in_one_line(tmp_path, capsys):
