@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # Reinstall when the project's metadata or the pins change.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,mnist]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,mnist,text]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -26,19 +26,19 @@ from ._validation import (
     check_real,
     check_seed,
 )
-from .diffusion import SAMPLERS, Denoiser, check_condition, generate, guided
+from .diffusion import SAMPLERS, Denoiser, generate, guided
+from .diffusion.guidance import sampling_condition
 from .parameters import check_params
 from .persistence import FittedState, load_model, save_model
 from .precision import resolve_precision
 from .schedules import NoiseSchedule
 from .spaces import LatentSpace, PixelSpace
-from .training.setup import fit_model, num_classes_of
+from .training.setup import fit_model
 
 __all__ = ["ConPreDiffModel", "resolve_device"]
 
 #: Kept for compatibility: :func:`conprediff._validation.check_device`.
 resolve_device = check_device
-
 
 
 class ConPreDiffModel(BaseEstimator):
@@ -145,6 +145,11 @@ class ConPreDiffModel(BaseEstimator):
         backbone (and the context term, whose points are then latent vectors) on the scaled
         latents; ``sample`` and ``inpaint`` decode. An unfitted one is fitted on the data first
         (with a warning). See ``docs/latent.rst``.
+    text_encoder : TextEncoder, optional
+        Condition on prompts (:doc:`/text`): a :class:`~conprediff.text.TextTransformer` or a
+        frozen :class:`~conprediff.text.PretrainedTextEncoder`, with a backbone that takes text
+        of its width (``UNet(text_channels=D)``). ``fit`` needs captions, ``label_dropout`` is
+        the caption dropout, ``sample``/``inpaint`` take prompts.
 
     Attributes
     ----------
@@ -227,6 +232,7 @@ class ConPreDiffModel(BaseEstimator):
         verbose: int = 1,
         label_dropout: float = 0.1,
         autoencoder: Any = None,
+        text_encoder: nn.Module | None = None,
     ):
         self.backbone = backbone
         self.context = context
@@ -257,6 +263,7 @@ class ConPreDiffModel(BaseEstimator):
         self.verbose = verbose
         self.label_dropout = label_dropout
         self.autoencoder = autoencoder
+        self.text_encoder = text_encoder
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> dict[str, Any]:
@@ -287,7 +294,8 @@ class ConPreDiffModel(BaseEstimator):
             ``(N,)`` integer class labels in ``[0, num_classes)`` beside a tensor or array (a
             DataLoader or Dataset yields ``(images, labels)`` instead). Required when the
             backbone is class-conditional (has ``num_classes``, e.g. ``UNet(num_classes=10)``);
-            an unconditional backbone ignores labels.
+            an unconditional backbone ignores labels. With a ``text_encoder``: ``(N,)`` prompts
+            (strings), or a Dataset yielding ``(image, caption)``.
         resume : {'latest'} or path, optional
             Continue a run from a checkpoint: ``'latest'`` takes the newest readable checkpoint
             in ``checkpoint_dir``; a path takes that file. A checkpoint is damaged when its
@@ -359,14 +367,11 @@ class ConPreDiffModel(BaseEstimator):
         gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
         return gen
 
-    def _condition(
-        self, net: nn.Module, labels: Any, n: int, guidance_scale: Any
-    ) -> tuple[torch.Tensor | None, float, int | None]:
-        """``(labels (n,) or None, guidance scale, null label)``, checked against the model."""
-        num_classes = num_classes_of(net)
-        cond, scale = check_condition(num_classes, labels, n, guidance_scale,
-                                      getattr(self, "label_dropout_", None))
-        return cond, scale, num_classes
+    def _condition(self, net: nn.Module, labels: Any, n: int, guidance_scale: Any,
+                   prompts: Any = None, negative_prompts: Any = None) -> tuple[Any, ...]:
+        """:func:`~conprediff.diffusion.guidance.sampling_condition` for the fitted model."""
+        return sampling_condition(net, labels, n, guidance_scale, prompts, negative_prompts,
+                                  getattr(self, "label_dropout_", None))
 
     @torch.no_grad()
     def sample(
@@ -381,6 +386,8 @@ class ConPreDiffModel(BaseEstimator):
         labels: Any = None,
         guidance_scale: float = 1.0,
         precision: str | None = None,
+        prompts: Any = None,
+        negative_prompts: Any = None,
     ) -> torch.Tensor:
         r"""Generate images. The context decoder is not used.
 
@@ -417,6 +424,9 @@ class ConPreDiffModel(BaseEstimator):
         precision : {'auto', 'fp32', 'bf16', 'fp16'}, optional
             Autocast precision of the network's forward passes; the sampler's arithmetic stays
             float32. None (default) is ``'fp32'``; ``'auto'`` as the ``precision`` parameter.
+        prompts, negative_prompts : str or list of str, optional
+            Text models only: one prompt for all images or ``n`` (None: the null condition);
+            guidance pushes away from ``negative_prompts`` instead of the null condition.
 
         Returns
         -------
@@ -425,7 +435,8 @@ class ConPreDiffModel(BaseEstimator):
         """
         net = self._network(use_ema)
         n = check_output_size(check_int(n, "n", 1), self.image_shape_)  # fails before step 1
-        cond, scale, null = self._condition(net, labels, n, guidance_scale)
+        cond, scale, null, uncond = self._condition(net, labels, n, guidance_scale, prompts,
+                                                    negative_prompts)
         steps = self._check_steps(steps, default=50)
         batch_size = check_int(batch_size, "batch_size", 1)
         gen = self._generator(seed)
@@ -440,7 +451,8 @@ class ConPreDiffModel(BaseEstimator):
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             part = None if cond is None else cond[start : start + b]
-            denoiser = Denoiser(guided(net, part, null, scale), self._fitted_schedule(),
+            negative = None if uncond is None else uncond[start : start + b]
+            denoiser = Denoiser(guided(net, part, null, scale, negative), self._fitted_schedule(),
                                 self.prediction_, clip=space.clip, precision=precision)
             x = generate(denoiser, (b, *space.point_shape(self.image_shape_)), steps, sampler,
                          eta=eta, generator=gen, device=self.device_, progress=self.verbose > 0)
@@ -461,6 +473,8 @@ class ConPreDiffModel(BaseEstimator):
         labels: Any = None,
         guidance_scale: float = 1.0,
         precision: str | None = None,
+        prompt: Any = None,
+        negative_prompt: Any = None,
     ) -> torch.Tensor:
         """Fill the missing pixels of images with RePaint resampling (Lugmayr et al. 2022).
 
@@ -497,6 +511,8 @@ class ConPreDiffModel(BaseEstimator):
             Classifier-free guidance scale, as in :meth:`sample`.
         precision : {'auto', 'fp32', 'bf16', 'fp16'}, optional
             As in :meth:`sample`; None (default) is ``'fp32'``.
+        prompt, negative_prompt : str or list of str, optional
+            Text models only: as ``prompts`` and ``negative_prompts`` in :meth:`sample`.
 
         Returns
         -------
@@ -510,11 +526,12 @@ class ConPreDiffModel(BaseEstimator):
         images, single = check_image_or_batch(img, self.image_shape_, self.data_range_, "img")
         gen = self._generator(seed)  # repaint checks the sampler and the jump schedule
         missing = as_mask(mask, tuple(images.shape)).expand_as(images)
-        cond, scale, null = self._condition(net, labels, images.shape[0], guidance_scale)
+        cond, scale, null, uncond = self._condition(net, labels, images.shape[0], guidance_scale,
+                                                    prompt, negative_prompt)
         steps = self._check_steps(steps, default=250)
         precision, space = self._precision(precision), self._space()
         dev = self.device_
-        filled = repaint(guided(net, cond, null, scale),
+        filled = repaint(guided(net, cond, null, scale, uncond),
                          space.encode_known(images.to(dev), missing.to(dev)),
                          space.point_mask(missing.to(dev)), self._fitted_schedule(),
                          self.prediction_, steps, jump_length, jump_n_sample, gen, dev,

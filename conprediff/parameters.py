@@ -63,6 +63,7 @@ PARAMETERS: dict[str, Callable[[Any, str], Any]] = {
     "label_dropout": real_between(0.0, 1.0, high_open=True),
     # fitted or not: fit fits an unfitted one first
     "autoencoder": lambda v, n: None if v is None else check_autoencoder(v, n, fitted=False),
+    "text_encoder": module_or_none,  # its protocol and width are checked against the backbone
 }
 
 

@@ -62,6 +62,7 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
     ("conprediff", "conprediff", ["conprediff"]),
     ("conprediff.backbones", "conprediff.backbones", ["conprediff.backbones"]),
     ("conprediff.autoencoders", "conprediff.autoencoders", ["conprediff.autoencoders"]),
+    ("conprediff.text", "conprediff.text", ["conprediff.text"]),
     ("conprediff.context", "conprediff.context", ["conprediff.context"]),
     ("conprediff.wasserstein", "conprediff.wasserstein", ["conprediff.wasserstein"]),
     ("conprediff.schedules", "conprediff.schedules", ["conprediff.schedules"]),

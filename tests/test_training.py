@@ -80,8 +80,22 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(killed_runs, one_
     assert resumed.loss_history_ == reference.loss_history_
 
 
-#: (kind, precision) runs of the torchrun test, trained in one launch (one start-up for all)
-DDP_RUNS = [("none", "fp32"), ("gaussian", "fp32"), ("conditional", "fp32"), ("gaussian", "bf16")]
+def without_key_biases(state):
+    """``state`` without the key third of the text encoder's attention biases. Adding a constant
+    to every key's logit changes no softmax, so their gradient is zero but for float noise,
+    which Adam turns into lr-sized steps that differ with the summation order (1 process vs 2);
+    they do not change the model's output (as the GroupNorm biases of train_tiny.make_model)."""
+    out = dict(state)
+    for key, value in state.items():
+        if key.endswith("self_attn.in_proj_bias"):
+            d = value.shape[0] // 3
+            out[key] = torch.cat([value[:d], value[2 * d:]])
+    return out
+
+
+#: (kind, precision) runs of the torchrun test, trained in one launch (one start-up for all);
+#: "conditional" and "text" have no context head, so they cover the plain model too
+DDP_RUNS = [("text", "fp32"), ("gaussian", "fp32"), ("conditional", "fp32"), ("gaussian", "bf16")]
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path, one_thread):
@@ -99,12 +113,14 @@ def test_torchrun_two_processes_match_one_process(tmp_path, one_thread):
         ddp = ConPreDiffModel.load(out / "final.safetensors")
         single = fit(kind, make_model(str(tmp_path / f"single-{out.name}"), context(kind),
                                       steps=6, conditional=kind == "conditional",
+                                      text=kind == "text",
                                       precision=precision))
         assert ddp.n_steps_ == single.n_steps_ == 6
         assert ddp.precision_ == single.precision_ == precision
         ddp_loss, single_loss = ddp.loss_history_["loss"], single.loss_history_["loss"]
         if precision == "fp32":
-            assert_same_weights(state_of(ddp), state_of(single), atol=1e-5)
+            assert_same_weights(*map(without_key_biases, (state_of(ddp), state_of(single))),
+                                atol=1e-5)
             np.testing.assert_allclose(ddp_loss, single_loss, rtol=1e-5)
             continue
         # bf16: the same first forward pass, bit for bit; then each rank's weight gradients

@@ -45,9 +45,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
-__all__ = ["Backbone", "check_backbone_output"]
+__all__ = ["Backbone", "check_backbone_output", "num_classes_of"]
 
 
 @runtime_checkable
@@ -90,3 +91,13 @@ def check_backbone_output(out: Any, x: torch.Tensor) -> tuple[torch.Tensor, torc
             f"{x.shape[3]}) on the input's grid, got {tuple(feats.shape)}"
         )
     return pred, feats
+
+
+def num_classes_of(backbone: Any) -> int | None:
+    """The backbone's ``num_classes`` (class-conditional when set), checked; None otherwise."""
+    k = getattr(backbone, "num_classes", None)
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"backbone num_classes must be None or an integer >= 1, got {k!r}")
+    return int(k)

@@ -10,6 +10,7 @@ from torch import nn
 from .._params import ModuleParamsMixin
 from .._validation import check_choice, check_int, check_real
 from ..layers import TimestepEmbedding
+from ..text.embedding import TextEmbedding
 
 __all__ = ["UNet"]
 
@@ -85,6 +86,32 @@ class SelfAttention(nn.Module):
         return x + self.proj(h)
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention from the ``H x W`` positions to text tokens, with a residual
+    connection: ``(B, C, H, W), TextEmbedding (B, L, D) -> (B, C, H, W)``; padded tokens
+    (``mask`` False) get no weight."""
+
+    def __init__(self, channels: int, text_channels: int, heads: int, groups: int):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"attention channels {channels} must be divisible by heads {heads}")
+        self.heads = heads
+        self.norm = _norm(channels, groups)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(text_channels, 2 * channels)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, text: TextEmbedding) -> torch.Tensor:
+        q = rearrange(self.q(self.norm(x)), "b (heads d) h w -> b heads (h w) d", heads=self.heads)
+        k, v = rearrange(self.kv(text.tokens), "b l (kv heads d) -> kv b heads l d",
+                         kv=2, heads=self.heads)
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=text.mask[:, None, None, :])
+        h = rearrange(h, "b heads (h w) d -> b (heads d) h w", h=x.shape[2])
+        return x + self.proj(h)
+
+
 class UNet(ModuleParamsMixin, nn.Module):
     r"""UNet denoiser (Ho et al. 2020; Nichol & Dhariwal 2021) following the backbone protocol.
 
@@ -130,6 +157,12 @@ class UNet(ModuleParamsMixin, nn.Module):
         classifier-free guidance. :class:`~conprediff.ConPreDiffModel` then trains on labels
         (``fit(images, y)``, with ``label_dropout``) and samples with ``labels`` and
         ``guidance_scale``.
+    text_channels : int or None, default=None
+        If set, ``cond`` may be a :class:`~conprediff.text.TextEmbedding` of this width ``D``:
+        cross-attention to its tokens follows every self-attention (the middle block's, and
+        those of ``attention_levels``), and its pooled vector is added to the time embedding.
+        Null rows (and ``cond=None``) use a learned null token and pooled vector, the
+        unconditional model of classifier-free guidance. See :doc:`/text`.
 
     Raises
     ------
@@ -158,6 +191,7 @@ class UNet(ModuleParamsMixin, nn.Module):
         groups: int = 8,
         num_classes: int | None = None,
         features: str = "output",
+        text_channels: int | None = None,
     ):
         super().__init__()
         self.in_channels = check_int(in_channels, "in_channels", 1, optional=True)
@@ -170,6 +204,9 @@ class UNet(ModuleParamsMixin, nn.Module):
         self.groups = check_int(groups, "groups", 1)
         self.num_classes = check_int(num_classes, "num_classes", 1, optional=True)
         self.features = check_choice(features, "features", ("output", "mid"))
+        self.text_channels = check_int(text_channels, "text_channels", 1, optional=True)
+        if self.num_classes is not None and self.text_channels is not None:
+            raise ValueError("num_classes and text_channels: a UNet takes labels or text, not both")
         if not self.channel_mults:
             raise ValueError("channel_mults must not be empty")
         if self.in_channels is not None:  # None: built by ConPreDiffModel from the data
@@ -201,6 +238,7 @@ class UNet(ModuleParamsMixin, nn.Module):
                 skips.append(c)
             self.down.append(nn.ModuleDict({"blocks": blocks, **({"down": down} if down else {})}))
 
+        c_mid = c
         self.mid1 = ResBlock(c, c, emb_dim, groups, dropout)
         self.mid_attn = SelfAttention(c, self.heads, groups)
         self.mid2 = ResBlock(c, c, emb_dim, groups, dropout)
@@ -217,6 +255,18 @@ class UNet(ModuleParamsMixin, nn.Module):
 
         self.norm_out = _norm(c, groups)
         self.conv_out = nn.Conv2d(c, self.in_channels, 3, padding=1)
+        if self.text_channels is not None:  # built last: a UNet without text is unchanged
+            self.mid_cross = self._cross(c_mid)
+            self.text_pooled = nn.Linear(self.text_channels, emb_dim)
+            self.null_token = nn.Parameter(torch.randn(self.text_channels) * 0.02)
+            self.null_pooled = nn.Parameter(torch.zeros(self.text_channels))
+            for level in (*self.down, *self.up):
+                for block in level["blocks"]:
+                    if block.attn is not None:
+                        block.cross = self._cross(block.attn.proj.out_channels)
+
+    def _cross(self, channels: int) -> CrossAttention:
+        return CrossAttention(channels, self.text_channels, self.heads, self.groups)
 
     def _block(self, c_in: int, c_out: int, emb_dim: int, level: int) -> nn.Module:
         res = ResBlock(c_in, c_out, emb_dim, self.groups, self.dropout)
@@ -247,8 +297,9 @@ class UNet(ModuleParamsMixin, nn.Module):
             ``(B, C, H, W)`` noisy input.
         t : torch.Tensor
             ``(B,)`` integer timesteps.
-        cond : torch.Tensor, optional
-            ``(B,)`` class labels when ``num_classes`` is set.
+        cond : torch.Tensor or TextEmbedding, optional
+            ``(B,)`` class labels when ``num_classes`` is set; a
+            :class:`~conprediff.text.TextEmbedding` of ``B`` prompts when ``text_channels`` is.
 
         Returns
         -------
@@ -266,24 +317,31 @@ class UNet(ModuleParamsMixin, nn.Module):
                 f"levels, got {tuple(x.shape[-2:])}"
             )
         emb = self.time_embed(t)
+        text = None
         if self.class_embed is not None:
             if cond is None:
                 cond = torch.full_like(t, self.num_classes)
             emb = emb + self.class_embed(cond.long())
+        elif self.text_channels is not None:
+            text = self._text(cond, x.shape[0], x.device)
+            emb = emb + self.text_pooled(text.pooled)
         h = self.conv_in(x)
         hs = [h]
         for level in self.down:
             for block in level["blocks"]:
-                h = block(h, emb)
+                h = block(h, emb, text)
                 hs.append(h)
             if "down" in level:
                 h = level["down"](h)
                 hs.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        h = self.mid_attn(self.mid1(h, emb))
+        if text is not None:
+            h = self.mid_cross(h, text)
+        h = self.mid2(h, emb)
         mid = h
         for level in self.up:
             for block in level["blocks"]:
-                h = block(torch.cat([h, hs.pop()], dim=1), emb)
+                h = block(torch.cat([h, hs.pop()], dim=1), emb, text)
             if "up" in level:
                 h = level["up"](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         features = F.silu(self.norm_out(h))
@@ -292,13 +350,41 @@ class UNet(ModuleParamsMixin, nn.Module):
             features = F.interpolate(mid, scale_factor=float(f), mode="nearest") if f > 1 else mid
         return out, features
 
+    def _text(self, cond: TextEmbedding | None, batch: int, device: torch.device
+              ) -> TextEmbedding:
+        """``cond`` with its null rows (all of it if None) replaced by the learned null: one
+        real token ``null_token`` and the pooled vector ``null_pooled``."""
+        if cond is None:
+            cond = TextEmbedding(torch.zeros(batch, 1, self.text_channels, device=device),
+                                 torch.zeros(batch, 1, dtype=torch.bool, device=device),
+                                 torch.zeros(batch, self.text_channels, device=device))
+        if not isinstance(cond, TextEmbedding):
+            raise TypeError(f"cond must be a TextEmbedding for a text UNet, got "
+                            f"{type(cond).__name__}")
+        if len(cond) != batch or cond.tokens.shape[2] != self.text_channels:
+            raise ValueError(f"cond: expected {batch} prompts of width {self.text_channels}, got "
+                             f"{len(cond)} of width {cond.tokens.shape[2]}")
+        null = cond.null
+        first = torch.zeros_like(cond.mask)
+        first[:, 0] = null
+        tokens = torch.where(first[..., None], self.null_token.to(cond.tokens.dtype),
+                             cond.tokens)
+        pooled = torch.where(null[:, None], self.null_pooled.to(cond.pooled.dtype), cond.pooled)
+        return TextEmbedding(tokens, cond.mask | first, pooled)
+
 
 class _ResAttn(nn.Module):
     def __init__(self, res: ResBlock, attn: SelfAttention | None):
         super().__init__()
         self.res = res
         self.attn = attn
+        self.cross: CrossAttention | None = None  # set by a text UNet after the attention
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor,
+                text: TextEmbedding | None = None) -> torch.Tensor:
         h = self.res(x, emb)
-        return self.attn(h) if self.attn is not None else h
+        if self.attn is not None:
+            h = self.attn(h)
+        if self.cross is not None and text is not None:
+            h = self.cross(h, text)
+        return h

@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from .._validation import check_labels, check_real
+from ..backbones.protocol import num_classes_of
+from ..text.embedding import TextEmbedding, check_prompts
 from .gaussian import DenoiseFn
 
-__all__ = ["check_condition", "guided"]
+__all__ = ["check_condition", "guided", "sampling_condition", "text_condition"]
 
 
 def check_condition(num_classes: int | None, labels: Any, n: int, guidance_scale: Any,
@@ -37,8 +39,53 @@ def check_condition(num_classes: int | None, labels: Any, n: int, guidance_scale
     return check_labels(labels, num_classes, n, "labels"), scale
 
 
+def text_condition(net: nn.Module, prompts: Any, negative_prompts: Any, n: int,
+                   guidance_scale: Any, dropout: float | None
+                   ) -> tuple[TextEmbedding | None, float, TextEmbedding | None]:
+    """``(prompts' embedding or None, guidance scale, negative prompts' embedding or None)`` of
+    a sampling call, checked against ``net`` (a text model has ``encode``), whose null condition
+    was trained with probability ``dropout``."""
+    scale = check_real(guidance_scale, "guidance_scale")
+    if prompts is None:
+        if negative_prompts is not None:
+            raise ValueError("negative_prompts needs prompts: pass prompts=...")
+        if scale != 1.0:
+            raise ValueError("guidance_scale needs prompts: pass prompts=...")
+        return None, scale, None
+    if not hasattr(net, "encode") or getattr(net, "text_channels", None) is None:
+        raise ValueError("prompts were given but the model was trained without text: give "
+                         "ConPreDiffModel a text_encoder and fit(images, prompts)")
+    if scale != 1.0 and not dropout:
+        warnings.warn("the model was trained with label_dropout=0, so its null condition (used "
+                      "by guidance) was never trained", stacklevel=4)
+    cond = net.encode(check_prompts(prompts, n, "prompts"))
+    uncond = None
+    if negative_prompts is not None:
+        uncond = net.encode(check_prompts(negative_prompts, n, "negative_prompts"))
+    return cond, scale, uncond
+
+
+def sampling_condition(net: nn.Module, labels: Any, n: int, guidance_scale: Any, prompts: Any,
+                       negative_prompts: Any, dropout: float | None) -> tuple[Any, ...]:
+    """``(cond, guidance scale, null label, uncond)`` of a sampling call of ``n`` images:
+    :func:`check_condition` for labels, :func:`text_condition` for prompts (then the null label
+    is None and ``uncond`` the negative prompts' embedding, if any)."""
+    if prompts is not None or getattr(net, "text_channels", None) is not None:
+        if labels is not None:
+            raise ValueError("labels were given to a text model: pass prompts=...")
+        cond, scale, uncond = text_condition(net, prompts, negative_prompts, n, guidance_scale,
+                                             dropout)
+        return cond, scale, None, uncond
+    if negative_prompts is not None:
+        raise ValueError("negative_prompts needs prompts: pass prompts=...")
+    num_classes = num_classes_of(net)
+    cond, scale = check_condition(num_classes, labels, n, guidance_scale, dropout)
+    return cond, scale, num_classes, None
+
+
 def guided(
-    net: nn.Module, cond: torch.Tensor | None, null: int | None, scale: float
+    net: nn.Module, cond: torch.Tensor | TextEmbedding | None, null: int | None, scale: float,
+    uncond: torch.Tensor | TextEmbedding | None = None,
 ) -> DenoiseFn:
     r"""``denoise(x, t) -> out`` with classifier-free guidance (Ho & Salimans 2022).
 
@@ -57,14 +104,17 @@ def guided(
     ----------
     net : torch.nn.Module
         The backbone.
-    cond : torch.Tensor or None
-        ``(B,)`` long labels, or None: then the null label ``null`` for a class-conditional
-        backbone, no condition at all for an unconditional one (``null`` None); ``scale`` is not
+    cond : torch.Tensor, TextEmbedding or None
+        ``(B,)`` long labels or ``B`` encoded prompts, or None: then the null label ``null`` for
+        a class-conditional backbone, no condition at all for an unconditional or a text one
+        (``null`` None: a text backbone takes None as its null condition); ``scale`` is not
         used.
     null : int or None
         The null label, None for an unconditional backbone.
     scale : float
         The guidance scale :math:`w`.
+    uncond : torch.Tensor or TextEmbedding, optional
+        What :math:`\varnothing` is instead of the null condition (e.g. negative prompts).
 
     Returns
     -------
@@ -78,10 +128,12 @@ def guided(
         return lambda x, t: net(x, t, torch.full_like(t, null))[0]  # the null label
     if scale == 1.0:
         return lambda x, t: net(x, t, cond.to(x.device))[0]
-    uncond = torch.full_like(cond, null)
+    text = isinstance(cond, TextEmbedding)
+    if uncond is None:
+        uncond = cond.nulled() if text else torch.full_like(cond, null)
     if scale == 0.0:
         return lambda x, t: net(x, t, uncond.to(x.device))[0]
-    both = torch.cat([cond, uncond])
+    both = TextEmbedding.cat([cond, uncond]) if text else torch.cat([cond, uncond])
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = net(torch.cat([x, x]), torch.cat([t, t]), both.to(x.device))[0]

@@ -30,6 +30,7 @@ from ..diffusion.gaussian import diffusion_loss
 from ..precision import autocast, fused_adamw_for
 from ..schedules import NoiseSchedule
 from ..spaces import PixelSpace
+from ..text.embedding import check_prompts
 from .checkpoint import write_checkpoint
 from .data import BatchStream, split_batch
 from .distributed import DistInfo, all_min
@@ -116,6 +117,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     channels_last: bool = False
     num_classes: int | None = None  # class-conditional training when set
+    tokenize: Any = None  # text-conditional training when set: prompts -> (ids, mask)
     label_dropout: float = 0.0
     space: Any = None  # what the images are encoded into; PixelSpace(data_range) when None
     autoencoder: str | None = None  # a latent run's autoencoder digest, checked on resume
@@ -297,23 +299,30 @@ class Trainer:
             x0 = cfg.space.encode(x0)
         if cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
+        if cfg.tokenize is not None:
+            ids, mask = cfg.tokenize(check_prompts(labels, x0.shape[0], "data's captions"))
+            return x0, (ids.to(cfg.device), mask.to(cfg.device))
         if cfg.num_classes is None:
             return x0, None
         labels = check_labels(labels, cfg.num_classes, x0.shape[0], "data's labels")
         return x0, labels.to(cfg.device, non_blocking=True)
 
-    def _drop_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Replace each label by the null label ``num_classes`` with probability
-        ``label_dropout`` (classifier-free guidance), drawn for the global batch."""
+    def _drop_labels(self, labels: Any) -> Any:
+        """Replace each label by the null label ``num_classes`` (each caption by the null
+        condition: its mask row cleared) with probability ``label_dropout`` (classifier-free
+        guidance), drawn for the global batch."""
         cfg = self.config
         if not cfg.label_dropout:
             return labels
+        ids, mask = labels if isinstance(labels, tuple) else (labels, None)
         world, rank = self.dist.world_size, self.dist.rank
-        u = torch.rand(labels.shape[0] * world, device=labels.device,
-                       generator=self.noise_generator)
+        u = torch.rand(ids.shape[0] * world, device=ids.device, generator=self.noise_generator)
         if world > 1:
             u = u[rank::world]
-        return torch.where(u < cfg.label_dropout, torch.full_like(labels, cfg.num_classes), labels)
+        drop = u < cfg.label_dropout
+        if mask is not None:
+            return ids, mask & ~drop[:, None]
+        return torch.where(drop, torch.full_like(ids, cfg.num_classes), ids)
 
     def _draw(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Timesteps and noise of the global batch; this rank's slice."""

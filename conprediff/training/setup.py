@@ -18,11 +18,13 @@ from torch import nn
 
 from .._validation import check_device, check_images, check_in_range, check_labels
 from ..backbones.defaults import build_backbone
+from ..backbones.protocol import num_classes_of
 from ..persistence import FittedState, copy_config
 from ..precision import channels_last_for, resolve_precision
 from ..ranges import infer_data_range
 from ..schedules import NoiseSchedule
 from ..spaces import LatentSpace
+from ..text.conditioned import captioned_data, collect_captions, with_text_encoder
 from . import distributed
 from .checkpoint import read_checkpoint, read_latest_checkpoint
 from .data import BatchStream, as_loader, split_batch
@@ -37,16 +39,6 @@ __all__ = ["TRAIN_ARGS", "check_resume", "fit_model", "num_classes_of", "read_re
 TRAIN_ARGS = ("lr", "batch_size", "grad_accum_steps", "weight_decay", "ema_decay", "precision",
               "prediction", "timesteps", "schedule", "min_snr_gamma", "label_dropout",
               "lr_schedule", "lr_warmup_steps", "grad_clip", "on_nonfinite")
-
-
-def num_classes_of(backbone: Any) -> int | None:
-    """The backbone's ``num_classes`` (class-conditional when set), checked; None otherwise."""
-    k = getattr(backbone, "num_classes", None)
-    if k is None:
-        return None
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"backbone num_classes must be None or an integer >= 1, got {k!r}")
-    return int(k)
 
 
 def _random_seed(dist_info: distributed.DistInfo) -> int:
@@ -193,7 +185,8 @@ def _total_steps(p: dict[str, Any], loader: Any) -> int:
 
 def _config(p: dict[str, Any], shape: tuple[int, int, int],
             data_range: tuple[float, float] | None, device: torch.device, n_steps: int,
-            num_classes: int | None, autoencoder: str | None) -> TrainConfig:
+            num_classes: int | None, autoencoder: str | None, tokenize: Any = None
+            ) -> TrainConfig:
     """The run's settings; ``precision`` resolved for ``device`` (``'auto'``), and the memory
     format chosen for both (see :mod:`conprediff.precision`)."""
     keys = ("lr", "min_snr_gamma", "grad_accum_steps", "grad_clip", "lr_warmup_steps",
@@ -212,6 +205,7 @@ def _config(p: dict[str, Any], shape: tuple[int, int, int],
         channels_last=channels_last_for(device, precision),
         num_classes=num_classes,
         autoencoder=autoencoder,
+        tokenize=tokenize,
         **{k: p[k] for k in keys},
     )
 
@@ -291,6 +285,9 @@ def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path
     num_classes = num_classes_of(p["backbone"])
     if num_classes is not None and isinstance(data, torch.Tensor | np.ndarray):
         check_labels(y, num_classes, len(data), "labels y")
+    captions = None
+    if p["text_encoder"] is not None:
+        data, y, captions = captioned_data(data, y), None, collect_captions(data, y)
     loader, n_items = as_loader(data, y, p["batch_size"], seed, dist_info.world_size,
                                 dist_info.rank)
     first = _first_batch(data, loader, num_classes)
@@ -307,10 +304,12 @@ def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path
         check_in_range(first, data_range, "data")
         point_shape, train_range, bound = shape, data_range, None
     backbone, head = _build(p, context, point_shape, seed, device)
+    if captions is not None:
+        backbone = with_text_encoder(backbone, p["text_encoder"], captions, seed + 5).to(device)
     train_args = {k: p[k] for k in TRAIN_ARGS}
     digest = None if ae is None else autoencoder_digest(ae)
     config = _config(p, point_shape, train_range, device, _total_steps(p, loader), num_classes,
-                     digest)
+                     digest, tokenize=None if captions is None else backbone.tokenize)
     trainer = Trainer(DiffusionObjective(backbone, head), BatchStream(loader), config, dist_info,
                       seed, ema_decay=p["ema_decay"], weight_decay=p["weight_decay"],
                       compile=p["compile"], train_args=train_args)

@@ -2,8 +2,9 @@
 
 python train_tiny.py OUT_DIR [--kill-at STEP] [--context KIND] [--steps N]
 
-KIND: none, sampled or gaussian (context prediction), or conditional (no context prediction; a
-class-conditional backbone trained on labels with label dropout).
+KIND: none, sampled or gaussian (context prediction), conditional (no context prediction; a
+class-conditional backbone trained on labels with label dropout), or text (no context prediction;
+a text backbone and the built-in encoder, trained on captions with caption dropout).
 """
 
 import argparse
@@ -17,16 +18,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from conprediff import ConPreDiffModel, ContextPrediction, UNet  # noqa: E402
+from conprediff.text import TextTransformer  # noqa: E402
 
 
-def make_model(out_dir, context=None, steps=12, batch_size=8, conditional=False, **kw):
+def make_model(out_dir, context=None, steps=12, batch_size=8, conditional=False, text=False,
+               **kw):
     params = dict(
         # groups=4: two channels per GroupNorm group. With one channel per group, the biases just
         # before a GroupNorm have an identically zero gradient, and Adam turns the float noise
         # of that zero into updates of size lr: runs that differ only in summation order (one
         # process vs two) would then drift apart in those (output-irrelevant) biases.
         backbone=UNet(base_channels=8, channel_mults=(1, 2), groups=4,
-                      num_classes=3 if conditional else None),
+                      num_classes=3 if conditional else None, text_channels=8 if text else None),
+        text_encoder=TextTransformer(width=8, heads=2, max_length=6) if text else None,
         context=context,
         label_dropout=0.5,
         timesteps=50,
@@ -54,9 +58,15 @@ def labels():
     return torch.arange(24) % 3
 
 
+def captions():
+    return [f"a {('small', 'big')[i % 2]} {('one', 'two', 'three')[i % 3]}" for i in range(24)]
+
+
 def fit(kind, model, **kw):
-    """``model.fit`` on the tiny data, with labels for the conditional kind."""
-    return model.fit(data(), labels() if kind == "conditional" else None, **kw)
+    """``model.fit`` on the tiny data, with labels for the conditional kind and captions for
+    the text kind."""
+    y = {"conditional": labels(), "text": captions()}.get(kind)
+    return model.fit(data(), y, **kw)
 
 
 def context(kind):

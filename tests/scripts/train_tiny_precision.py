@@ -20,7 +20,7 @@ if __name__ == "__main__":
         kind, precision = run.split(":")
         out = os.path.join(root, f"{kind}-{precision}")
         model = make_model(out, context(kind), steps, conditional=kind == "conditional",
-                           precision=precision)
+                           text=kind == "text", precision=precision)
         fit(kind, model)
         if int(os.environ.get("RANK", "0")) == 0:
             model.save(os.path.join(out, "final.safetensors"))

@@ -1,0 +1,110 @@
+"""What a text encoder hands to a backbone: token embeddings, their padding mask, a pooled one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["TextEmbedding", "check_prompts"]
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    """A batch of encoded prompts.
+
+    Attributes
+    ----------
+    tokens : torch.Tensor
+        ``(B, L, D)`` token embeddings (what cross-attention reads).
+    mask : torch.Tensor
+        ``(B, L)`` bool, True at real tokens and False at padding. A row with no True is the
+        **null condition** (a dropped caption, or the unconditional half of guidance): the
+        backbone replaces it by its learned null embedding.
+    pooled : torch.Tensor
+        ``(B, D)`` one vector per prompt (added to the time embedding).
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+    def __post_init__(self) -> None:
+        b, length, d = self.tokens.shape if self.tokens.dim() == 3 else (None, None, None)
+        if b is None or self.mask.shape != (b, length) or self.pooled.shape != (b, d):
+            raise ValueError(
+                "TextEmbedding needs tokens (B, L, D), mask (B, L) and pooled (B, D); got "
+                f"{tuple(self.tokens.shape)}, {tuple(self.mask.shape)} and "
+                f"{tuple(self.pooled.shape)}")
+        if self.mask.dtype != torch.bool:
+            raise TypeError(f"TextEmbedding mask must be bool, got {self.mask.dtype}")
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> TextEmbedding:
+        """The rows ``rows`` (a slice or an index tensor) of the batch."""
+        return TextEmbedding(self.tokens[rows], self.mask[rows], self.pooled[rows])
+
+    @property
+    def null(self) -> torch.Tensor:
+        """``(B,)`` bool: the rows that are the null condition (no real token)."""
+        return ~self.mask.any(dim=1)
+
+    def to(self, device: torch.device | str) -> TextEmbedding:
+        return TextEmbedding(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
+
+    def dropped(self, drop: torch.Tensor) -> TextEmbedding:
+        """The same batch with the rows where ``drop`` ``(B,)`` is True made null."""
+        keep = ~drop.to(self.mask.device)
+        return TextEmbedding(self.tokens * keep[:, None, None], self.mask & keep[:, None],
+                             self.pooled * keep[:, None])
+
+    def nulled(self) -> TextEmbedding:
+        """Every row null: the unconditional model's input."""
+        return self.dropped(torch.ones(len(self), dtype=torch.bool))
+
+    @staticmethod
+    def cat(parts: Sequence[TextEmbedding]) -> TextEmbedding:
+        """Concatenate along the batch, padding the token axes to the longest."""
+        length = max(p.tokens.shape[1] for p in parts)
+
+        def pad(p: TextEmbedding) -> tuple[torch.Tensor, torch.Tensor]:
+            extra = length - p.tokens.shape[1]
+            return (torch.nn.functional.pad(p.tokens, (0, 0, 0, extra)),
+                    torch.nn.functional.pad(p.mask, (0, extra), value=False))
+
+        tokens, masks = zip(*(pad(p) for p in parts), strict=True)
+        return TextEmbedding(torch.cat(tokens), torch.cat(masks),
+                             torch.cat([p.pooled for p in parts]))
+
+
+def check_prompts(prompts: Any, n: int | None = None, name: str = "prompts") -> list[str]:
+    """``prompts`` as a list of ``n`` strings (one string is repeated ``n`` times).
+
+    Raises
+    ------
+    TypeError
+        Not a string or a sequence of strings.
+    ValueError
+        An empty list, or a length other than ``n``.
+    """
+    if isinstance(prompts, str):
+        if n is None:
+            return [prompts]
+        return [prompts] * n
+    if isinstance(prompts, (bytes, bytearray)) or not isinstance(prompts, Sequence):
+        raise TypeError(f"{name} must be a string or a list of strings, got "
+                        f"{type(prompts).__name__}")
+    prompts = list(prompts)
+    bad = [type(p).__name__ for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"{name} must hold strings, found {bad[0]}")
+    if not prompts:
+        raise ValueError(f"{name} is empty")
+    if n is not None and len(prompts) != n:
+        raise ValueError(f"{name} has {len(prompts)} prompts for n={n} images: give one prompt, "
+                         f"or exactly n")
+    return prompts

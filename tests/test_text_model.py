@@ -1,0 +1,150 @@
+"""Text-conditional ConPreDiffModel: fit on captions, sample and inpaint from prompts, guidance,
+caption dropout, save/load and resume, and the errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conprediff import ConPreDiffModel, ContextPrediction, UNet
+from conprediff.data import load_digits_images
+from conprediff.diffusion import guided
+from conprediff.text import TextEmbedding, TextTransformer
+from conprediff.text.conditioned import TextConditioned
+
+NAMES = "zero one two three four five six seven eight nine".split()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits_images(size=8)
+    return x[:48], [f"a {NAMES[int(k)]}" for k in y[:48]]
+
+
+def make(**kw):
+    params = dict(backbone=UNet(base_channels=8, channel_mults=(1, 2), text_channels=16, heads=2),
+                  text_encoder=TextTransformer(width=16, heads=2, max_length=8),
+                  max_steps=4, batch_size=16, seed=0, verbose=0, device="cpu",
+                  label_dropout=0.3)
+    params.update(kw)
+    return ConPreDiffModel(**params)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    return make(context=ContextPrediction(strides=(1,))).fit(*digits)
+
+
+def test_fit_sample_inpaint_save_load_round_trip(fitted, digits, tmp_path):
+    assert isinstance(fitted.backbone_, TextConditioned)
+    assert fitted.backbone_.text_encoder.vocabulary[0] == "a"  # built from the captions
+    assert fitted.text_encoder.vocabulary is None  # the parameter is left as it was
+    s = fitted.sample(4, steps=3, prompts="a three", seed=0)
+    assert s.shape == (4, 1, 8, 8) and torch.isfinite(s).all()
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    f = fitted.inpaint(digits[0][:2], mask, steps=4, jump_length=2, jump_n_sample=2,
+                       prompt=["a seven", "a one"], seed=0)
+    assert torch.equal(f[:, :, 4:], digits[0][:2, :, 4:])  # known pixels exact
+    loaded = ConPreDiffModel.load(fitted.save(tmp_path / "m.safetensors"))
+    assert torch.equal(loaded.sample(4, steps=3, prompts="a three", seed=0), s)
+    assert loaded.backbone_.text_encoder.vocabulary == fitted.backbone_.text_encoder.vocabulary
+
+
+def test_prompts_change_the_samples_and_guidance_one_and_zero_are_the_two_models(fitted):
+    def draw(**kw):
+        return fitted.sample(4, steps=3, seed=1, **kw)
+
+    assert not torch.equal(draw(prompts="a three"), draw(prompts="a nine"))
+    torch.testing.assert_close(draw(prompts="a three", guidance_scale=0.0), draw())
+    # w = 1: the conditional model itself; w = 0 with negative prompts: the negative prompts'
+    torch.testing.assert_close(draw(prompts="a nine", guidance_scale=0.0,
+                                    negative_prompts="a three"), draw(prompts="a three"))
+    net = fitted.ema_backbone_
+    cond = net.encode(["a three", "a one"])
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([10, 900])
+    torch.testing.assert_close(guided(net, cond, None, 1.0)(x, t), net(x, t, cond)[0])
+    torch.testing.assert_close(guided(net, cond, None, 0.0)(x, t), net(x, t)[0])
+    w = 2.5
+    c, u = net(x, t, cond)[0], net(x, t)[0]
+    torch.testing.assert_close(guided(net, cond, None, w)(x, t), u + w * (c - u))
+
+
+def test_caption_dropout_feeds_the_null_condition_at_the_set_rate(digits, monkeypatch):
+    seen = []
+    forward = TextConditioned.forward
+
+    def spy(self, x, t, cond=None):
+        seen.append(cond[1].any(dim=1))
+        return forward(self, x, t, cond)
+
+    monkeypatch.setattr(TextConditioned, "forward", spy)
+    make(max_steps=20, label_dropout=0.5).fit(*digits)
+    null = (~torch.cat(seen)).float().mean().item()
+    assert 0.35 < null < 0.65  # 320 draws of probability 0.5 (sd 0.028)
+    seen.clear()
+    make(max_steps=3, label_dropout=0.0).fit(*digits)
+    assert torch.cat(seen).all()
+
+
+def test_resume_continues_a_text_run_exactly(digits, tmp_path):
+    whole = make(max_steps=6).fit(*digits)
+    make(max_steps=3, checkpoint_dir=tmp_path, checkpoint_every=3).fit(*digits)
+    resumed = make(max_steps=6, checkpoint_dir=tmp_path, checkpoint_every=3).fit(
+        *digits, resume="latest")
+    for a, b in zip(whole.backbone_.state_dict().values(),
+                    resumed.backbone_.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+class Pairs(torch.utils.data.Dataset):
+    def __init__(self, images, captions):
+        self.images, self.captions = images, captions
+
+    def __len__(self):
+        return len(self.captions)
+
+    def __getitem__(self, i):
+        return self.images[i], self.captions[i]
+
+
+def test_a_dataset_of_image_caption_pairs_trains_too(digits):
+    m = make(max_steps=2).fit(Pairs(*digits))
+    assert m.backbone_.text_encoder.vocabulary == make(max_steps=2).fit(*digits).backbone_\
+        .text_encoder.vocabulary
+
+
+def test_bad_text_input_is_refused_with_the_argument_named(fitted, digits):
+    x, prompts = digits
+    with pytest.raises(ValueError, match="prompts is empty"):
+        fitted.sample(2, steps=2, prompts=[])
+    with pytest.raises(TypeError, match="prompts must be a string"):
+        fitted.sample(2, steps=2, prompts=3)
+    with pytest.raises(ValueError, match="3 prompts for n=2"):
+        fitted.sample(2, steps=2, prompts=["a", "b", "c"])
+    with pytest.raises(ValueError, match="guidance_scale needs prompts"):
+        fitted.sample(2, steps=2, guidance_scale=3.0)
+    with pytest.raises(ValueError, match="negative_prompts needs prompts"):
+        fitted.sample(2, steps=2, negative_prompts="a one")
+    with pytest.raises(ValueError, match="labels were given to a text model"):
+        fitted.sample(2, steps=2, labels=[1, 2])
+    plain = ConPreDiffModel(backbone=UNet(base_channels=8, channel_mults=(1, 2)), max_steps=1,
+                            batch_size=16, verbose=0, device="cpu").fit(x)
+    with pytest.raises(ValueError, match="trained without text"):
+        plain.sample(2, steps=2, prompts="a one")
+    with pytest.raises(ValueError, match="width 32 but the backbone's text_channels=16"):
+        make(text_encoder=TextTransformer(width=32, heads=2)).fit(x, prompts)
+    with pytest.raises(ValueError, match="backbone takes no text"):
+        make(backbone=UNet(base_channels=8, channel_mults=(1, 2))).fit(x, prompts)
+    with pytest.raises(ValueError, match="needs captions"):
+        make().fit(x)
+    with pytest.raises(ValueError, match="prompts y has 3 prompts for n=48"):
+        make().fit(x, prompts[:3])
+    with pytest.raises(TypeError, match="text_encoder must be a text encoder"):
+        make(text_encoder=torch.nn.Linear(2, 2)).fit(x, prompts)
+
+
+def test_text_embedding_slices_like_a_batch():
+    e = TextEmbedding(torch.randn(5, 3, 2), torch.ones(5, 3, dtype=torch.bool), torch.randn(5, 2))
+    part = e[1:3]
+    assert len(part) == 2 and torch.equal(part.tokens, e.tokens[1:3])
