@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="class-conditional: the class of an image is its subfolder of FOLDER",
     )
+    train.add_argument("--captions", default=None, metavar="txt|FILE",
+                       help="text-to-image: 'txt' (one .txt beside each image) or a JSON-lines "
+                            "file of {\"file\": ..., \"text\": ...} in FOLDER; trains the "
+                            "built-in text encoder with the model")
+    train.add_argument("--text-width", type=int, default=64,
+                       help="width of the built-in text encoder, with --captions (%(default)s)")
     train.add_argument("--autoencoder", default=None, metavar="FILE",
                        help="diffuse in the latents of this autoencoder (written by "
                             "fit-autoencoder) instead of the pixels")
@@ -120,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--label", type=int, default=None,
                         help="class of every image (a conditional model; default unconditional)")
     sample.add_argument("--guidance-scale", type=float, default=1.0,
-                        help="classifier-free guidance scale with --label (%(default)s)")
+                        help="classifier-free guidance scale with --label or --prompt "
+                             "(%(default)s)")
+    _add_prompt_args(sample)
     sample.add_argument("--device", default="auto")
     _add_precision(sample, None)
 
@@ -138,8 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--jump-n-sample", type=int, default=10, help="(%(default)s)")
     inpaint.add_argument("--seed", type=int, default=0)
     inpaint.add_argument("--device", default="auto")
+    inpaint.add_argument("--guidance-scale", type=float, default=1.0,
+                         help="classifier-free guidance scale with --prompt (%(default)s)")
+    _add_prompt_args(inpaint)
     _add_precision(inpaint, None)
     return parser
+
+
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", default=None, help="what to draw (a text model)")
+    p.add_argument("--negative-prompt", default=None,
+                   help="what guidance steers away from, with --prompt")
 
 
 def _add_fit_autoencoder(sub: argparse._SubParsersAction) -> None:
@@ -183,10 +200,13 @@ def _fit_autoencoder(args: argparse.Namespace) -> None:
 def _model(args: argparse.Namespace, num_classes: int | None = None):
     from .backbones import UNet
     from .estimator import ConPreDiffModel
+    from .text import TextTransformer
 
+    text = getattr(args, "captions", None) is not None
     return ConPreDiffModel(
         backbone=UNet(base_channels=args.base_channels, channel_mults=tuple(args.channel_mults),
-                      num_classes=num_classes),
+                      num_classes=num_classes, text_channels=args.text_width if text else None),
+        text_encoder=TextTransformer(width=args.text_width) if text else None,
         context=_context(args),
         max_steps=args.steps,
         batch_size=args.batch_size,
@@ -244,7 +264,7 @@ def _train(args: argparse.Namespace) -> None:
     from .data import ImageFolder
 
     data = ImageFolder(args.folder, mode="RGB" if args.rgb else "L", size=args.size,
-                       labels=args.conditional)
+                       labels=args.conditional, captions=args.captions)
     if args.conditional:
         print("classes: " + ", ".join(f"{i} = {name}" for i, name in enumerate(data.classes)))
     model = _model(args, len(data.classes) if args.conditional else None).fit(data)
@@ -262,7 +282,8 @@ def _sample(args: argparse.Namespace) -> None:
     model = ConPreDiffModel.load(args.model, device=args.device)
     kwargs = {"steps": args.steps, "sampler": args.sampler, "labels": args.label,
               "guidance_scale": args.guidance_scale, "batch_size": args.batch_size,
-              "precision": args.precision}
+              "precision": args.precision, "prompts": args.prompt,
+              "negative_prompts": args.negative_prompt}
     if to_folder:
         print(sample_to_folder(model, args.n, args.out, seed=args.seed, resume=args.resume,
                                **kwargs))
@@ -293,6 +314,9 @@ def _inpaint(args: argparse.Namespace) -> None:
             jump_n_sample=args.jump_n_sample,
             seed=args.seed,
             precision=args.precision,
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            guidance_scale=args.guidance_scale,
         )
     arr = ((result - lo) / (hi - lo)).clamp(0, 1).mul(255).round().byte().numpy()
     arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)

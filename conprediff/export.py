@@ -106,6 +106,7 @@ def sample_to_folder(model: Any, n: int, folder: str | os.PathLike, *, batch_siz
         Show a progress bar over the images.
     labels : int or array-like of int, optional
         One class for all images or ``(n,)`` classes (class-conditional models).
+        ``prompts`` and ``negative_prompts`` (text models) may likewise be one or ``n``.
     **sample_kwargs
         Passed to :meth:`~conprediff.ConPreDiffModel.sample` (``steps``, ``sampler``,
         ``guidance_scale``, ``eta``, ...).
@@ -133,8 +134,11 @@ def sample_to_folder(model: Any, n: int, folder: str | os.PathLike, *, batch_siz
             if resume and all((folder / _name(i, width)).is_file() for i in range(lo, hi)):
                 bar.update(hi - lo)
                 continue
+            text = {k: v[lo:hi] if isinstance(v, list | tuple) else v
+                    for k, v in sample_kwargs.items() if k in ("prompts", "negative_prompts")}
             images = model.sample(hi - lo, seed=_chunk_seed(seed, chunk), batch_size=batch_size,
-                                  labels=labels[lo:hi] if per_image else labels, **sample_kwargs)
+                                  labels=labels[lo:hi] if per_image else labels,
+                                  **{**sample_kwargs, **text})
             save_images(images, folder, start=lo, data_range=model.data_range_, width=width)
             bar.update(hi - lo)
     return folder

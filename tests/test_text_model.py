@@ -148,3 +148,85 @@ def test_text_embedding_slices_like_a_batch():
     e = TextEmbedding(torch.randn(5, 3, 2), torch.ones(5, 3, dtype=torch.bool), torch.randn(5, 2))
     part = e[1:3]
     assert len(part) == 2 and torch.equal(part.tokens, e.tokens[1:3])
+
+
+# -- captions beside a folder, and the command line ---------------------------------------------
+
+
+def _folder(tmp_path, n=6):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        path = folder / ("sub" if i % 2 else "") / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(path)
+    return folder
+
+
+def test_image_folder_reads_captions_from_txt_files_or_json_lines(tmp_path):
+    import json
+
+    from conprediff.data import ImageFolder
+
+    folder = _folder(tmp_path)
+    paths = ImageFolder(folder).paths
+    for i, p in enumerate(paths):
+        p.with_suffix(".txt").write_text(f"a {NAMES[i]}\n")
+    data = ImageFolder(folder, captions="txt")
+    assert [data[i][1] for i in range(len(data))] == [f"a {NAMES[i]}" for i in range(6)]
+    lines = [json.dumps({"file": p.relative_to(folder).as_posix(), "text": f"b{i}"})
+             for i, p in enumerate(paths)]
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    assert ImageFolder(folder, captions="captions.jsonl")[5][1] == "b5"
+    (folder / "captions.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(ValueError, match="no caption for image"):
+        ImageFolder(folder, captions="captions.jsonl")
+    (folder / "captions.jsonl").write_text('{"file": 3}\n')
+    with pytest.raises(ValueError, match="line 1: expected"):
+        ImageFolder(folder, captions="captions.jsonl")
+    (folder / "captions.jsonl").write_text("[" * 100_000 + "\n")
+    with pytest.raises(ValueError, match="line 1"):
+        ImageFolder(folder, captions="captions.jsonl")
+    paths[0].with_suffix(".txt").unlink()
+    with pytest.raises(ValueError, match="no caption file '0.txt'"):
+        ImageFolder(folder, captions="txt")
+    with pytest.raises(ValueError, match="labels or captions"):
+        ImageFolder(folder, labels=True, captions="txt")
+    with pytest.raises(ValueError, match="captions: no file"):
+        ImageFolder(folder, captions="missing.jsonl")
+
+
+def test_a_text_model_from_the_command_line(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from conprediff.cli import main
+    from conprediff.data import ImageFolder
+
+    folder = _folder(tmp_path)
+    for i, p in enumerate(ImageFolder(folder).paths):
+        p.with_suffix(".txt").write_text(f"a {NAMES[i % 3]}")
+    model = tmp_path / "m.safetensors"
+    assert main(["train", str(folder), "--captions", "txt", "--text-width", "8", "--out",
+                 str(model), "--steps", "2", "--base-channels", "8", "--channel-mults", "1", "2",
+                 "--batch-size", "4", "--device", "cpu"]) == 0
+    loaded = ConPreDiffModel.load(model)
+    assert loaded.backbone_.text_encoder.vocabulary == ["a", "one", "two", "zero"]
+    assert main(["sample", str(model), "--n", "2", "--steps", "2", "--prompt", "a two",
+                 "--negative-prompt", "a one", "--guidance-scale", "2",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:, 4:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "filled.png"
+    image = ImageFolder(folder).paths[0]
+    assert main(["inpaint", str(image), str(tmp_path / "mask.png"), "--model", str(model),
+                 "--steps", "4", "--jump-n-sample", "1", "--prompt", "a zero",
+                 "--out", str(out)]) == 0
+    assert np.array_equal(np.asarray(Image.open(out))[:, :4], np.asarray(Image.open(image))[:, :4])
+    capsys.readouterr()
+    assert main(["sample", str(model), "--n", "2", "--steps", "2", "--label", "1"]) == 2
+    assert "labels were given to a text model" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._validation import check_bool, check_choice, check_int, is_int
+from .captions import read_captions
 from .images import read_image
 
 __all__ = ["ImageFolder", "IMAGE_SUFFIXES"]
@@ -47,6 +48,11 @@ class ImageFolder(Dataset):
         Items are ``(image, label)``: the class of an image is its first-level subfolder
         (``root/<class>/...``), numbered in the sorted order of the names (``classes``), as in
         torchvision's ``ImageFolder``. Every image must then lie in a subfolder.
+    captions : str or Path, optional
+        Items are ``(image, caption)``, for a text model (:doc:`/text`): ``'txt'`` reads one
+        ``.txt`` file beside each image (same name, UTF-8); a file name (in ``root``, e.g.
+        ``'captions.jsonl'``) or path reads JSON lines ``{"file": "a/b.png", "text": "..."}``,
+        ``file`` relative to ``root``. Every image needs a caption. Not with ``labels``.
 
     Attributes
     ----------
@@ -65,6 +71,7 @@ class ImageFolder(Dataset):
         mode: str = "L",
         size: int | tuple[int, int] | None = None,
         labels: bool = False,
+        captions: str | os.PathLike | None = None,
     ):
         if not isinstance(root, str | os.PathLike):
             raise TypeError(f"root must be a str or a path, got {type(root).__name__}")
@@ -72,6 +79,11 @@ class ImageFolder(Dataset):
         self.mode = check_choice(mode, "mode", ("L", "RGB"))
         self.size = _check_size(size)
         self.labels = check_bool(labels, "labels")
+        if captions is not None and not isinstance(captions, str | os.PathLike):
+            raise TypeError(f"captions must be 'txt' or a file path, got {type(captions).__name__}")
+        if captions is not None and self.labels:
+            raise ValueError("labels=True and captions: an ImageFolder yields labels or captions")
+        self.captions = captions
         if not self.root.is_dir():
             raise ValueError(f"root must be an existing folder, got {str(root)!r}")
         self.paths = sorted(
@@ -92,10 +104,12 @@ class ImageFolder(Dataset):
             self.classes = sorted(set(names))
             index = {name: i for i, name in enumerate(self.classes)}
             self._targets = [index[name] for name in names]
+        if captions is not None:
+            self._targets = read_captions(self.root, self.paths, captions)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int | str]:
         image = read_image(self.paths[index], self.mode, self.size)
-        return (image, self._targets[index]) if self.labels else image
+        return (image, self._targets[index]) if self._targets else image
