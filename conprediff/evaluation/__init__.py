@@ -31,6 +31,7 @@ from .frechet import (
 from .kid import kernel_inception_distance, polynomial_mmd2
 from .paired import PairedResult, finite_summary, paired_difference, t_interval
 from .precision_recall import knn_radii, manifold_coverage, precision_recall
+from .prompts import prompt_following
 
 __all__ = [
     "FeatureExtractor",
@@ -52,6 +53,7 @@ __all__ = [
     "paired_difference",
     "polynomial_mmd2",
     "precision_recall",
+    "prompt_following",
     "t_interval",
     "train_classifier",
 ]
