@@ -9,7 +9,7 @@ import torch
 
 from ._validation import check_data_range, check_int
 
-__all__ = ["image_grid", "save_image_grid", "plot_loss", "plot_inpainting"]
+__all__ = ["image_grid", "save_image_grid", "plot_loss", "plot_inpainting", "plot_prompt_grid"]
 
 
 def image_grid(
@@ -150,4 +150,38 @@ def plot_inpainting(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    return _save(fig, path)
+
+
+def plot_prompt_grid(
+    samples: torch.Tensor,
+    prompts: list[str],
+    path: str | Path,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+) -> Path:
+    """A text model's samples: one row per prompt (written at its left), one column per seed.
+
+    ``samples`` is ``(P, S, C, H, W)`` for ``P`` prompts and ``S`` seeds.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, s = samples.shape[:2]
+    if len(prompts) != p:
+        raise ValueError(f"prompts: {len(prompts)} for {p} rows of samples")
+    lo, hi = data_range
+    fig, axes = plt.subplots(p, s, figsize=(1.0 * s + 3.2, 1.0 * p), squeeze=False)
+    for i in range(p):
+        for j in range(s):
+            x = ((samples[i, j].detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+            ax = axes[i, j]
+            if x.shape[0] == 1:
+                ax.imshow(x[0].numpy(), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(x.permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(prompts[i], rotation=0, ha="right", va="center", fontsize=8)
     return _save(fig, path)

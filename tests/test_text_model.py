@@ -230,3 +230,13 @@ def test_a_text_model_from_the_command_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", str(model), "--n", "2", "--steps", "2", "--label", "1"]) == 2
     assert "labels were given to a text model" in capsys.readouterr().err
+
+
+def test_prompt_grid_picture(tmp_path):
+    from conprediff.plotting import plot_prompt_grid
+
+    path = plot_prompt_grid(torch.rand(2, 3, 1, 8, 8) * 2 - 1, ["a one", "a two"],
+                            tmp_path / "grid.png")
+    assert path.is_file() and path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="prompts: 1 for 2 rows"):
+        plot_prompt_grid(torch.rand(2, 3, 1, 8, 8), ["a one"], tmp_path / "bad.png")
