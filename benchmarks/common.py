@@ -106,3 +106,23 @@ def time_alternating(
 
 def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
+
+
+def run_jobs(script: str, argv: list[str], jobs: list[str], workers: int) -> None:
+    """Run ``script argv --job JOB`` for every job, ``workers`` processes at a time; the first
+    that fails stops the benchmark (finished jobs keep their results: a rerun continues)."""
+    import subprocess
+    import sys
+
+    running: list[subprocess.Popen] = []
+    jobs = list(jobs)
+    while jobs or running:
+        while jobs and len(running) < workers:
+            running.append(subprocess.Popen([sys.executable, script, *argv, "--job",
+                                             jobs.pop(0)]))
+        time.sleep(2)
+        for p in list(running):
+            if p.poll() is not None:
+                running.remove(p)
+                if p.returncode:
+                    raise SystemExit(f"a run failed: {' '.join(map(str, p.args))}")

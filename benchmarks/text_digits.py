@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import atomic_json, machine_cores  # noqa: E402
+from common import atomic_json, machine_cores, run_jobs  # noqa: E402
 
 from conprediff import ConPreDiffModel, ContextPrediction, UNet  # noqa: E402
 from conprediff.data import load_captioned_digits  # noqa: E402
@@ -145,17 +144,7 @@ def run_job(args: argparse.Namespace, arm: str, seed: int) -> None:
 def run_all(args: argparse.Namespace, argv: list[str]) -> None:
     classifier(args, load_captioned_digits(args.dataset, args.size, seed=0))  # into the cache
     jobs = [f"{arm}:{seed}" for seed in range(args.seeds) for arm in ARMS]
-    running: list[subprocess.Popen] = []
-    while jobs or running:
-        while jobs and len(running) < args.workers:
-            running.append(subprocess.Popen([sys.executable, __file__, *argv, "--job",
-                                             jobs.pop(0)]))
-        time.sleep(2)
-        for p in list(running):
-            if p.poll() is not None:
-                running.remove(p)
-                if p.returncode:
-                    raise SystemExit(f"a run failed: {' '.join(p.args)}")
+    run_jobs(__file__, argv, jobs, args.workers)
 
 
 def report(args: argparse.Namespace, argv: list[str]) -> Path:

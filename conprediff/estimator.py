@@ -376,18 +376,10 @@ class ConPreDiffModel(BaseEstimator):
     @torch.no_grad()
     def sample(
         self,
-        n: int,
-        steps: int | None = None,
-        sampler: str = "ddim",
-        eta: float = 0.0,
-        seed: int | None = None,
-        batch_size: int = 256,
-        use_ema: bool = True,
-        labels: Any = None,
-        guidance_scale: float = 1.0,
-        precision: str | None = None,
-        prompts: Any = None,
-        negative_prompts: Any = None,
+        n: int, steps: int | None = None, sampler: str = "ddim", eta: float = 0.0,
+        seed: int | None = None, batch_size: int = 256, use_ema: bool = True,
+        labels: Any = None, guidance_scale: float = 1.0, precision: str | None = None,
+        prompts: Any = None, negative_prompts: Any = None,
     ) -> torch.Tensor:
         r"""Generate images. The context decoder is not used.
 

@@ -6,13 +6,12 @@ file by rewriting their JSON metadata or their tensors with safetensors' ``save_
 """
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import Background
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -241,14 +240,10 @@ def memory_probe(good, tmp_path_factory):
     names = ["huge_base_channels", "huge_latent_channels", "huge_factor"]
     paths = [str(_crafted(good[kind], key, COMMON[name][0], folder / f"{name}.{kind}"))
              for kind, key in [("ae", AE_KEY), ("latent", MODEL_KEY)] for name in names]
-    proc = subprocess.Popen([sys.executable, "-c", _MEASURE, str(good["ae"]), str(good["latent"]),
-                             *paths], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    yield proc
-    proc.kill()
-    proc.communicate()
+    probe = Background(_MEASURE, str(good["ae"]), str(good["latent"]), *paths)
+    yield probe
+    probe.stop()
 
 
 def test_crafted_files_allocate_nothing_large(memory_probe):
-    out, err = memory_probe.communicate(timeout=300)
-    assert memory_probe.returncode == 0, err
-    assert int(out.split()[-1]) < 50_000  # KiB of peak memory above a good load
+    assert int(memory_probe.result()) < 50_000  # KiB of peak memory above a good load

@@ -7,13 +7,12 @@ its JSON metadata or its tensors.
 import json
 import os
 import pickle
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import Background
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -203,17 +202,13 @@ def memory_probe(tmp_path_factory):
     names = ["oversized_base_channels", "huge_in_channels", "million_res_blocks", "timesteps_3e8",
              "huge_image_shape", "module_as_lr", "deep_json_100000", "nan_weights"]
     paths = [str(_crafted(folder, name)) for name in names]
-    proc = subprocess.Popen([sys.executable, "-c", _MEASURE, str(GOOD), *paths],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    yield proc
-    proc.kill()
-    proc.communicate()
+    probe = Background(_MEASURE, str(GOOD), *paths)
+    yield probe
+    probe.stop()
 
 
 def test_crafted_files_allocate_nothing_large(memory_probe):
-    out, err = memory_probe.communicate(timeout=300)
-    assert memory_probe.returncode == 0, err
-    assert int(out.split()[-1]) < 50_000  # KiB of peak memory above a good load
+    assert int(memory_probe.result()) < 50_000  # KiB of peak memory above a good load
 
 
 def test_cli_reports_a_bad_file_in_one_line(tmp_path, capsys):
