@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ._validation import check_bool, check_data_range, check_int
+from .text.embedding import check_prompts
 
 __all__ = ["save_images", "sample_to_folder"]
 
@@ -123,6 +124,9 @@ def sample_to_folder(model: Any, n: int, folder: str | os.PathLike, *, batch_siz
     seed = check_int(seed, "seed", 0)  # every chunk's seed derives from it: not None
     resume = check_bool(resume, "resume")
     per_image = _check_labels_count(labels, n)
+    for key in ("prompts", "negative_prompts"):
+        if isinstance(sample_kwargs.get(key), list | tuple):
+            sample_kwargs[key] = check_prompts(sample_kwargs[key], n, key)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".*.png.*.tmp"):  # left by a killed run

@@ -221,7 +221,8 @@ def decode_component(data: Any, classes: tuple[type, ...], path: Path, key: str)
     """``from_jsonable(data)``, every failure (unknown class, bad arguments) a ValueError."""
     try:
         return from_jsonable(data, classes)
-    except (ValueError, TypeError, KeyError, AttributeError, ImportError, RecursionError) as err:
+    except (ValueError, TypeError, KeyError, AttributeError, ImportError, RecursionError,
+            OSError) as err:  # OSError: a component that reads a folder the file names
         raise invalid_file(path, key, f"{type(err).__name__}: {err}") from None
 
 

@@ -60,6 +60,7 @@ from .files import (
 )
 from .parameters import check_params
 from .serialization import to_jsonable
+from .text.conditioned import TextConditioned
 
 __all__ = [
     "FORMAT_VERSION",
@@ -146,7 +147,7 @@ def save_model(estimator: Any, path: str | Path, include_decoder: bool = True) -
     if state.autoencoder is not None:
         tensors.update(autoencoder_tensors(state.autoencoder))
     params = {k: v for k, v in estimator.get_params(deep=False).items()
-              if k not in ("backbone", "autoencoder")}
+              if k not in ("backbone", "autoencoder", "text_encoder")}  # inside the backbone
     # what the weights were trained with, even if set_params changed it since
     params.update(context=state.context, schedule=state.schedule, timesteps=state.timesteps,
                   prediction=state.prediction)
@@ -266,7 +267,8 @@ def _check_params(cls: type, data: dict[str, Any], classes: tuple[type, ...],
     Decoded under ``torch.device('meta')``, so a module named where a parameter belongs
     allocates nothing; ``timesteps`` is bounded by :data:`MAX_TIMESTEPS`.
     """
-    names = set(inspect.signature(cls.__init__).parameters) - {"self", "backbone", "autoencoder"}
+    names = set(inspect.signature(cls.__init__).parameters) - {"self", "backbone", "autoencoder",
+                                                                 "text_encoder"}
     unknown = sorted(set(data) - names)
     if unknown:
         raise invalid_file(path, f"params.{unknown[0]}", f"not a parameter of {cls.__name__}")
@@ -388,7 +390,11 @@ def load_model(cls: type, path: str | Path, device: str = "auto",
                              channels)
     tensors = read_finite_tensors(path, allow_nonfinite)
     net = _backbone_from(meta, backbone, classes, path)
-    model = cls(backbone=copy.deepcopy(net), **params)
+    template = copy.deepcopy(net)
+    if isinstance(template, TextConditioned):  # the parameters: the backbone and its encoder
+        params["text_encoder"] = template.text_encoder
+        template = template.backbone
+    model = cls(backbone=template, **params)
     dev = check_device(device)
     net = restore_state(tensors, "backbone", net, path, dev)
     ema = None

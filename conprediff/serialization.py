@@ -91,6 +91,9 @@ def _resolve_class(path: str, allowed: Iterable[type]) -> type:
         obj = getattr(obj, part)
     if not (isinstance(obj, type) and issubclass(obj, nn.Module | BaseEstimator)):
         raise ValueError(f"refusing to build {path!r}: not a component class")
+    if getattr(obj, "reads_local_files", False) and obj not in allowed:
+        raise ValueError(f"{path!r} reads a local folder that the file names: pass "
+                         f"classes=[{obj.__name__}] to load it if you trust the file")
     return obj
 
 

@@ -237,6 +237,10 @@ def test_a_model_with_a_pretrained_encoder_trains_samples_and_reloads(tiny_bert,
     assert all(torch.equal(v, m.backbone_.text_encoder.state_dict()[k])
                for k, v in frozen.items())  # frozen: training left the encoder as it was
     s = m.sample(2, steps=2, prompts="a thick seven", guidance_scale=2.0, seed=0)
-    loaded = ConPreDiffModel.load(m.save(tmp_path / "m.safetensors"))
+    path = m.save(tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match=r"reads a local folder .* classes=\[PretrainedText"):
+        ConPreDiffModel.load(path)  # a file naming a folder is loaded only on request
+    loaded = ConPreDiffModel.load(path, classes=[PretrainedTextEncoder])
+    assert isinstance(loaded.text_encoder, PretrainedTextEncoder)
     assert torch.equal(loaded.sample(2, steps=2, prompts="a thick seven", guidance_scale=2.0,
                                      seed=0), s)

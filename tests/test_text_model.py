@@ -48,6 +48,8 @@ def test_fit_sample_inpaint_save_load_round_trip(fitted, digits, tmp_path):
     assert torch.equal(f[:, :, 4:], digits[0][:2, :, 4:])  # known pixels exact
     loaded = ConPreDiffModel.load(fitted.save(tmp_path / "m.safetensors"))
     assert torch.equal(loaded.sample(4, steps=3, prompts="a three", seed=0), s)
+    # the parameters are the backbone and the encoder again, ready to refit
+    assert isinstance(loaded.backbone, UNet) and isinstance(loaded.text_encoder, TextTransformer)
     assert loaded.backbone_.text_encoder.vocabulary == fitted.backbone_.text_encoder.vocabulary
 
 
@@ -106,6 +108,11 @@ class Pairs(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.images[i], self.captions[i]
+
+
+def test_one_prompt_for_every_image_is_words_not_letters(digits):
+    m = make(max_steps=1).fit(digits[0], "a seven")
+    assert m.backbone_.text_encoder.vocabulary == ["a", "seven"]
 
 
 def test_a_dataset_of_image_caption_pairs_trains_too(digits):

@@ -32,7 +32,7 @@ def read_captions(root: Path, paths: list[Path], captions: str | os.PathLike) ->
         raise ValueError(f"captions: no file {str(table)!r}")
     by_file: dict[str, str] = {}
     with open(table, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+        for n, line in enumerate(iter(lambda: f.readline(MAX_CAPTION_BYTES + 1), ""), 1):
             if len(line) > MAX_CAPTION_BYTES:
                 raise ValueError(f"{table} line {n}: over {MAX_CAPTION_BYTES} characters")
             if not line.strip():

@@ -110,6 +110,11 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def texts(self) -> list[str] | None:
+        """The captions, in the order of ``paths`` (None without ``captions``)."""
+        return list(self._targets) if self.captions is not None else None
+
     def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int | str]:
         image = read_image(self.paths[index], self.mode, self.size)
         return (image, self._targets[index]) if self._targets else image

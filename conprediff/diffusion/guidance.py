@@ -41,10 +41,10 @@ def check_condition(num_classes: int | None, labels: Any, n: int, guidance_scale
 
 def text_condition(net: nn.Module, prompts: Any, negative_prompts: Any, n: int,
                    guidance_scale: Any, dropout: float | None
-                   ) -> tuple[TextEmbedding | None, float, TextEmbedding | None]:
-    """``(prompts' embedding or None, guidance scale, negative prompts' embedding or None)`` of
-    a sampling call, checked against ``net`` (a text model has ``encode``), whose null condition
-    was trained with probability ``dropout``."""
+                   ) -> tuple[list[str] | None, float, list[str] | None]:
+    """``(prompts or None, guidance scale, negative prompts or None)`` of a sampling call of
+    ``n`` images, checked against ``net`` (a text model has ``encode``), whose null condition
+    was trained with probability ``dropout``. :func:`guided` encodes them, batch by batch."""
     scale = check_real(guidance_scale, "guidance_scale")
     if prompts is None:
         if negative_prompts is not None:
@@ -58,21 +58,22 @@ def text_condition(net: nn.Module, prompts: Any, negative_prompts: Any, n: int,
     if scale != 1.0 and not dropout:
         warnings.warn("the model was trained with label_dropout=0, so its null condition (used "
                       "by guidance) was never trained", stacklevel=4)
-    cond = net.encode(check_prompts(prompts, n, "prompts"))
     uncond = None
     if negative_prompts is not None:
-        uncond = net.encode(check_prompts(negative_prompts, n, "negative_prompts"))
-    return cond, scale, uncond
+        uncond = check_prompts(negative_prompts, n, "negative_prompts")
+    return check_prompts(prompts, n, "prompts"), scale, uncond
 
 
 def sampling_condition(net: nn.Module, labels: Any, n: int, guidance_scale: Any, prompts: Any,
                        negative_prompts: Any, dropout: float | None) -> tuple[Any, ...]:
     """``(cond, guidance scale, null label, uncond)`` of a sampling call of ``n`` images:
     :func:`check_condition` for labels, :func:`text_condition` for prompts (then the null label
-    is None and ``uncond`` the negative prompts' embedding, if any)."""
+    is None and ``uncond`` the negative prompts, if any)."""
     if prompts is not None or getattr(net, "text_channels", None) is not None:
-        if labels is not None:
+        if labels is not None and getattr(net, "text_channels", None) is not None:
             raise ValueError("labels were given to a text model: pass prompts=...")
+        if labels is not None:
+            raise ValueError("prompts were given to a class-conditional model: pass labels=...")
         cond, scale, uncond = text_condition(net, prompts, negative_prompts, n, guidance_scale,
                                              dropout)
         return cond, scale, None, uncond
@@ -104,8 +105,9 @@ def guided(
     ----------
     net : torch.nn.Module
         The backbone.
-    cond : torch.Tensor, TextEmbedding or None
-        ``(B,)`` long labels or ``B`` encoded prompts, or None: then the null label ``null`` for
+    cond : torch.Tensor, TextEmbedding, list of str or None
+        ``(B,)`` long labels, or ``B`` prompts (encoded here by ``net.encode`` if strings), or
+        None: then the null label ``null`` for
         a class-conditional backbone, no condition at all for an unconditional or a text one
         (``null`` None: a text backbone takes None as its null condition); ``scale`` is not
         used.
@@ -113,7 +115,7 @@ def guided(
         The null label, None for an unconditional backbone.
     scale : float
         The guidance scale :math:`w`.
-    uncond : torch.Tensor or TextEmbedding, optional
+    uncond : torch.Tensor, TextEmbedding or list of str, optional
         What :math:`\varnothing` is instead of the null condition (e.g. negative prompts).
 
     Returns
@@ -126,6 +128,8 @@ def guided(
         if null is None:  # an unconditional backbone
             return lambda x, t: net(x, t)[0]
         return lambda x, t: net(x, t, torch.full_like(t, null))[0]  # the null label
+    cond = net.encode(cond) if isinstance(cond, list) else cond
+    uncond = net.encode(uncond) if isinstance(uncond, list) else uncond
     if scale == 1.0:
         return lambda x, t: net(x, t, cond.to(x.device))[0]
     text = isinstance(cond, TextEmbedding)

@@ -35,12 +35,16 @@ def check_text_encoder(encoder: Any, backbone: Any, name: str = "text_encoder") 
 
 
 def collect_captions(data: Any, y: Any) -> list[str]:
-    """Every caption of the training data: ``y`` itself, or the second item a Dataset yields."""
+    """Every caption of the training data: ``y`` itself, a Dataset's ``texts`` (an
+    :class:`~conprediff.data.ImageFolder` with captions), or the second item of each item."""
     if y is not None:
-        return list(y)
+        return check_prompts(y, len(data), "prompts y")
     if isinstance(data, torch.utils.data.DataLoader):
         data = data.dataset
-    return [str(data[i][1]) for i in range(len(data))]
+    texts = getattr(data, "texts", None)
+    if texts is None:
+        texts = [data[i][1] for i in range(len(data))]
+    return check_prompts(texts, len(data), "the data's captions")
 
 
 class TextConditioned(ModuleParamsMixin, nn.Module):
@@ -55,6 +59,7 @@ class TextConditioned(ModuleParamsMixin, nn.Module):
 
     def __init__(self, backbone: nn.Module, text_encoder: nn.Module):
         super().__init__()
+        check_text_encoder(text_encoder, backbone)
         self.backbone = backbone
         self.text_encoder = text_encoder
 
@@ -117,5 +122,4 @@ def with_text_encoder(backbone: nn.Module, template: nn.Module, captions: list[s
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             encoder.fit_vocabulary(check_prompts(captions, None, "captions"))
-    check_text_encoder(encoder, backbone)
     return TextConditioned(backbone, encoder)

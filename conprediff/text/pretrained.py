@@ -39,8 +39,10 @@ class PretrainedTextEncoder(ModuleParamsMixin, nn.Module):
     ``save_pretrained``); loading sets ``local_files_only``. ``tokens`` is the last hidden
     state, ``mask`` the tokenizer's attention mask; ``pooled`` the mean of the real tokens'
     states (``pooling='mean'``, what sentence encoders such as MiniLM use) or the model's own
-    ``pooler_output`` (``pooling='model'``, e.g. CLIP's end-of-text state). The weights are the
-    user's: a saved diffusion model records the folder, not the weights.
+    ``pooler_output`` (``pooling='model'``, e.g. CLIP's end-of-text state). A saved diffusion
+    model holds the encoder's weights and the folder's path; loading it reads the folder again
+    (config and tokenizer), so :meth:`ConPreDiffModel.load <conprediff.ConPreDiffModel.load>`
+    needs ``classes=[PretrainedTextEncoder]``: an opt-in, since a file names the folder.
 
     Parameters
     ----------
@@ -62,6 +64,7 @@ class PretrainedTextEncoder(ModuleParamsMixin, nn.Module):
     """
 
     frozen = True
+    reads_local_files = True  # a model file naming one is loaded only with classes=[...]
 
     def __init__(self, path: str | os.PathLike, max_length: int = 77, pooling: str = "mean",
                  model_class: str = "AutoModel"):
@@ -105,7 +108,7 @@ class PretrainedTextEncoder(ModuleParamsMixin, nn.Module):
         out = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                              max_length=self.max_length, return_tensors="pt")
         mask = out["attention_mask"].bool()
-        mask[:, 0] = True  # a tokenizer that adds no special token still gives one real token
+        mask[~mask.any(1), 0] = True  # an empty prompt without special tokens: one real token
         return out["input_ids"], mask
 
     @torch.no_grad()

@@ -39,7 +39,7 @@ class WordTokenizer:
     >>> tok = WordTokenizer(max_length=6).fit(["a thick seven", "a small two"])
     >>> ids, mask = tok(["a thick two", "seven!"])
     >>> ids.tolist()
-    [[2, 3, 6, 8, 0, 0], [2, 5, 1, 0, 0, 0]]
+    [[2, 3, 6, 7, 0, 0], [2, 4, 1, 0, 0, 0]]
     """
 
     def __init__(self, max_length: int = 32, min_count: int = 1,
