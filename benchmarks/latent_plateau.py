@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation_eval import Evaluator  # noqa: E402
-from common import atomic_json, machine_cores  # noqa: E402
+from common import atomic_json, machine_cores, run_jobs  # noqa: E402
 
 from conprediff import ConPreDiffModel, ContextPrediction, UNet  # noqa: E402
 from conprediff.autoencoders import KLAutoencoder  # noqa: E402
@@ -167,18 +166,8 @@ def prepare(args: argparse.Namespace) -> dict:
 
 
 def run_all(args: argparse.Namespace, argv: list[str]) -> None:
-    jobs = [f"{arm}:{seed}" for seed in range(args.seeds) for arm in ARMS]
-    running: list[subprocess.Popen] = []
-    while jobs or running:
-        while jobs and len(running) < args.workers:
-            cmd = [sys.executable, __file__, *argv, "--job", jobs.pop(0)]
-            running.append(subprocess.Popen(cmd))
-        time.sleep(2)
-        for p in list(running):
-            if p.poll() is not None:
-                running.remove(p)
-                if p.returncode:
-                    raise SystemExit(f"a run failed: {' '.join(p.args)}")
+    run_jobs(__file__, argv, [f"{arm}:{seed}" for seed in range(args.seeds) for arm in ARMS],
+             args.workers)
 
 
 def main(argv: list[str] | None = None) -> None:
