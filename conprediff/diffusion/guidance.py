@@ -69,8 +69,9 @@ def sampling_condition(net: nn.Module, labels: Any, n: int, guidance_scale: Any,
     """``(cond, guidance scale, null label, uncond)`` of a sampling call of ``n`` images:
     :func:`check_condition` for labels, :func:`text_condition` for prompts (then the null label
     is None and ``uncond`` the negative prompts, if any)."""
-    if prompts is not None or getattr(net, "text_channels", None) is not None:
-        if labels is not None and getattr(net, "text_channels", None) is not None:
+    text_model = getattr(net, "text_channels", None) is not None
+    if prompts is not None or text_model:
+        if labels is not None and text_model:
             raise ValueError("labels were given to a text model: pass prompts=...")
         if labels is not None:
             raise ValueError("prompts were given to a class-conditional model: pass labels=...")

@@ -45,8 +45,6 @@ class TextTransformer(ModuleParamsMixin, nn.Module):
     (torch.Size([2, 32, 32]), torch.Size([2, 32]), torch.Size([2, 32]))
     """
 
-    frozen = False
-
     def __init__(self, width: int = 64, layers: int = 2, heads: int = 4, max_length: int = 32,
                  dropout: float = 0.0, vocabulary: Sequence[str] | None = None):
         super().__init__()
@@ -96,13 +94,10 @@ class TextTransformer(ModuleParamsMixin, nn.Module):
         """Encode token ids ``(B, L)`` with their mask ``(B, L)``; null rows stay null."""
         if not self.is_built:
             raise RuntimeError("TextTransformer has no vocabulary yet: call fit_vocabulary")
-        null = ~mask.any(dim=1)
-        attend = mask | null[:, None]  # a null row attends to its padding: finite, then zeroed
         h = self.embed(ids) + self.position[: ids.shape[1]]
-        h = self.norm(self.encoder(h, src_key_padding_mask=~attend))
-        keep = mask[..., None].to(h.dtype)
-        pooled = (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        return TextEmbedding(h * keep, mask, pooled)
+        attend = TextEmbedding.attention_mask(mask)
+        return TextEmbedding.from_states(
+            self.norm(self.encoder(h, src_key_padding_mask=~attend)), mask)
 
     def encode(self, prompts: Sequence[str]) -> TextEmbedding:
         """Tokenize and encode a list of prompts (on this module's device)."""

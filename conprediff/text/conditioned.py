@@ -34,11 +34,10 @@ def check_text_encoder(encoder: Any, backbone: Any, name: str = "text_encoder") 
                          f"backbone's text_channels={width}: make them equal")
 
 
-def collect_captions(data: Any, y: Any) -> list[str]:
-    """Every caption of the training data: ``y`` itself, a Dataset's ``texts`` (an
-    :class:`~conprediff.data.ImageFolder` with captions), or the second item of each item."""
-    if y is not None:
-        return check_prompts(y, len(data), "prompts y")
+def collect_captions(data: Any) -> list[str]:
+    """Every caption of a Dataset (or DataLoader) of ``(image, caption)``: its ``texts`` (an
+    :class:`~conprediff.data.ImageFolder` with captions, :func:`captioned_data`'s), or the
+    second item of each item."""
     if isinstance(data, torch.utils.data.DataLoader):
         data = data.dataset
     texts = getattr(data, "texts", None)
@@ -104,13 +103,13 @@ def captioned_data(data: Any, y: Any) -> Any:
 
 class _Captioned(torch.utils.data.Dataset):
     def __init__(self, images: torch.Tensor, prompts: list[str]):
-        self.images, self.prompts = images, prompts
+        self.images, self.texts = images, prompts
 
     def __len__(self) -> int:
-        return len(self.prompts)
+        return len(self.texts)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        return self.images[i], self.prompts[i]
+        return self.images[i], self.texts[i]
 
 
 def with_text_encoder(backbone: nn.Module, template: nn.Module, captions: list[str],

@@ -67,6 +67,23 @@ class TextEmbedding:
         return self.dropped(torch.ones(len(self), dtype=torch.bool))
 
     @staticmethod
+    def from_states(states: torch.Tensor, mask: torch.Tensor,
+                    pooled: torch.Tensor | None = None) -> TextEmbedding:
+        """An encoder's output states ``(B, L, D)`` with padding and null rows zeroed, and
+        ``pooled`` (default: the mean of the real tokens' states)."""
+        keep = mask[..., None].to(states.dtype)
+        if pooled is None:
+            pooled = (states * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        else:
+            pooled = pooled * keep[:, 0]
+        return TextEmbedding(states * keep, mask, pooled)
+
+    @staticmethod
+    def attention_mask(mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` with null rows attending to their padding (finite; zeroed afterwards)."""
+        return mask | ~mask.any(dim=1, keepdim=True)
+
+    @staticmethod
     def cat(parts: Sequence[TextEmbedding]) -> TextEmbedding:
         """Concatenate along the batch, padding the token axes to the longest."""
         length = max(p.tokens.shape[1] for p in parts)

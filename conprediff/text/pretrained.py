@@ -63,7 +63,6 @@ class PretrainedTextEncoder(ModuleParamsMixin, nn.Module):
         ``path`` is not a folder.
     """
 
-    frozen = True
     reads_local_files = True  # a model file naming one is loaded only with classes=[...]
 
     def __init__(self, path: str | os.PathLike, max_length: int = 77, pooling: str = "mean",
@@ -114,16 +113,10 @@ class PretrainedTextEncoder(ModuleParamsMixin, nn.Module):
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> TextEmbedding:
         """Encode token ids ``(B, L)`` with their mask ``(B, L)``; null rows stay null."""
-        null = ~mask.any(dim=1)
-        attend = mask | null[:, None]
-        out = self.model(input_ids=ids, attention_mask=attend.long())
-        h = out.last_hidden_state.float()
-        keep = mask[..., None].to(h.dtype)
-        if self.pooling == "model":
-            pooled = out.pooler_output.float() * keep[:, 0]
-        else:
-            pooled = (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        return TextEmbedding(h * keep, mask, pooled)
+        out = self.model(input_ids=ids,
+                         attention_mask=TextEmbedding.attention_mask(mask).long())
+        pooled = out.pooler_output.float() if self.pooling == "model" else None
+        return TextEmbedding.from_states(out.last_hidden_state.float(), mask, pooled)
 
     def encode(self, prompts: Sequence[str]) -> TextEmbedding:
         """Tokenize and encode a list of prompts (on this module's device)."""

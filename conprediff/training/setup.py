@@ -287,7 +287,8 @@ def fit_model(p: dict[str, Any], data: Any, y: Any = None, *, resume: str | Path
         check_labels(y, num_classes, len(data), "labels y")
     captions = None
     if p["text_encoder"] is not None:
-        data, y, captions = captioned_data(data, y), None, collect_captions(data, y)
+        data, y = captioned_data(data, y), None
+        captions = collect_captions(data)
     loader, n_items = as_loader(data, y, p["batch_size"], seed, dist_info.world_size,
                                 dist_info.rank)
     first = _first_batch(data, loader, num_classes)
