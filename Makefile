@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # Reinstall when the project's metadata or the pins change.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,mnist,text]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,mnist,text,diffusers]'
 	touch $(STAMP)
 
 demo: $(STAMP)

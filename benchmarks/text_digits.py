@@ -12,7 +12,7 @@ batches, noise and sampling seed, paired):
 * ``conprediff``: the same with ``ContextPrediction()``;
 
 with ``--encoder minilm`` the pretrained MiniLM (frozen, from the ``[text]`` extra) replaces the
-built-in encoder. Each (arm, seed) is a process (``--workers`` at a time, one thread each).
+built-in encoder. Each (arm, seed) is a process (``--workers`` at a time, sharing the cores).
 A prompt grid (prompts down the side, seeds across) of the first ConPreDiff run, and the table,
 go to ``--docs`` (default ``docs/benchmarks/text_digits[_minilm].md``).
 
@@ -114,7 +114,7 @@ def classifier(args: argparse.Namespace, data) -> FeatureExtractor:
 
 
 def run_job(args: argparse.Namespace, arm: str, seed: int) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, (torch.get_num_threads() or 1) // args.workers))
     path = args.out / "results" / arm / f"seed{seed}.json"
     if path.is_file():
         return

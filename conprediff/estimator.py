@@ -18,16 +18,10 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._resources import check_output_size
-from ._validation import (
-    check_choice,
-    check_device,
-    check_image_or_batch,
-    check_int,
-    check_real,
-    check_seed,
-)
-from .diffusion import SAMPLERS, Denoiser, generate, guided
+from ._validation import check_device, check_image_or_batch, check_int, check_seed
+from .diffusion import Denoiser, generate, guided
 from .diffusion.guidance import sampling_condition
+from .diffusion.samplers import check_sampler
 from .parameters import check_params
 from .persistence import FittedState, load_model, save_model
 from .precision import resolve_precision
@@ -433,12 +427,7 @@ class ConPreDiffModel(BaseEstimator):
         batch_size = check_int(batch_size, "batch_size", 1)
         gen = self._generator(seed)
         precision = self._precision(precision)
-        sampler = check_choice(sampler, "sampler", tuple(SAMPLERS))
-        eta = check_real(eta, "eta", 0.0)
-        if sampler != "ddim" and eta != 0:
-            raise ValueError(
-                f"eta applies to sampler='ddim' only, got sampler={sampler!r}, eta={eta!r}"
-            )
+        sampler = check_sampler(sampler, eta)
         space, out = self._space(), []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
@@ -584,6 +573,22 @@ class ConPreDiffModel(BaseEstimator):
             A fitted model.
         """
         return load_model(cls, path, device, backbone, classes, allow_nonfinite)
+
+    def to_diffusers(self, folder: str | Path, use_ema: bool = True) -> Path:
+        """Write a diffusers folder (``DDPMPipeline.from_pretrained(folder)`` loads an
+        unconditional one): see :func:`conprediff.interop.to_diffusers`."""
+        from .interop import to_diffusers
+
+        return to_diffusers(self, folder, use_ema)
+
+    @classmethod
+    def from_diffusers(cls, unet: Any, **params: Any) -> ConPreDiffModel:
+        """A model that fine-tunes a diffusers UNet (a module, or a local folder whose
+        ``scheduler/`` then sets ``timesteps``, ``schedule`` and ``prediction`` unless given);
+        ``params`` are the constructor's: see :func:`conprediff.interop.import_params`."""
+        from .interop import import_params
+
+        return cls(**import_params(unet, params))
 
     @property
     def fitted_state_(self) -> FittedState:

@@ -20,6 +20,7 @@ TINY = {
                       "--samples", "4", "--sample-steps", "2"],
     "custom_backbone.py": ["--steps", "2", "--width", "8", "--batch-size", "8",
                            "--samples", "4", "--sample-steps", "2"],
+    "diffusers_training_loop.py": ["--steps", "3", "--batch-size", "8", "--sample-steps", "2"],
 }
 
 
@@ -84,3 +85,12 @@ def test_custom_backbone_follows_the_protocol(num_classes):
     prediction, features = net(x, t, cond)
     assert prediction.shape == x.shape
     assert features.shape == (3, net.feature_channels, 16, 16)
+
+
+def test_diffusers_training_loop(tmp_path, monkeypatch):
+    """The three added lines train with the context term; diffusers' pipeline then samples."""
+    diffusers = pytest.importorskip("diffusers")
+    run_example("diffusers_training_loop.py", tmp_path, monkeypatch)
+    check_png(tmp_path / "samples.png")
+    pipe = diffusers.DDIMPipeline.from_pretrained(tmp_path / "pipeline")
+    assert pipe.unet.config.sample_size == 16

@@ -22,12 +22,15 @@ def build_backbone(template: nn.Module | None, shape: tuple[int, int, int]) -> n
 
     ``None`` gives :func:`default_unet`. A template with ``get_params`` is rebuilt from its
     parameters (``in_channels=None`` filled in from the data), as :func:`sklearn.base.clone`
-    would; any other module is deep-copied, weights included. The template is never modified.
+    would, unless its ``pretrained`` is True (fine-tuning, e.g.
+    :func:`conprediff.interop.from_diffusers`); that one, and any other module, is deep-copied,
+    weights included. The template is never modified. A backbone's ``sample_size`` (diffusers
+    UNets), when set, must be ``(H, W)``.
     """
     C, H, W = shape
     if template is None:
         return default_unet(C, H, W)
-    if hasattr(template, "get_params"):
+    if hasattr(template, "get_params") and getattr(template, "pretrained", False) is not True:
         params = dict(template.get_params(deep=False))
         if params.get("in_channels", C) is None:
             params["in_channels"] = C
@@ -38,6 +41,12 @@ def build_backbone(template: nn.Module | None, shape: tuple[int, int, int]) -> n
         raise ValueError(
             f"backbone in_channels={net.in_channels} does not match the data's {C} channels"
         )
+    size = getattr(net, "sample_size", None)
+    sides = tuple(size) if isinstance(size, list | tuple) else (size, size)
+    if size is not None and sides != (H, W):
+        raise ValueError(f"backbone sample_size={size} does not match the data's {H}x{W} "
+                         "(a latent model's: its latents'): build the UNet with "
+                         f"sample_size={H if H == W else (H, W)}")
     if not hasattr(net, "feature_channels"):
         raise TypeError("backbone must expose feature_channels (see conprediff.backbones.protocol)")
     return net

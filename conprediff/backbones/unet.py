@@ -10,7 +10,7 @@ from torch import nn
 from .._params import ModuleParamsMixin
 from .._validation import check_choice, check_int, check_real
 from ..layers import TimestepEmbedding
-from ..text.embedding import TextEmbedding
+from ..text.embedding import TextEmbedding, with_learned_null
 
 __all__ = ["UNet"]
 
@@ -352,25 +352,9 @@ class UNet(ModuleParamsMixin, nn.Module):
 
     def _text(self, cond: TextEmbedding | None, batch: int, device: torch.device
               ) -> TextEmbedding:
-        """``cond`` with its null rows (all of it if None) replaced by the learned null: one
-        real token ``null_token`` and the pooled vector ``null_pooled``."""
-        if cond is None:
-            cond = TextEmbedding(torch.zeros(batch, 1, self.text_channels, device=device),
-                                 torch.zeros(batch, 1, dtype=torch.bool, device=device),
-                                 torch.zeros(batch, self.text_channels, device=device))
-        if not isinstance(cond, TextEmbedding):
-            raise TypeError(f"cond must be a TextEmbedding for a text UNet, got "
-                            f"{type(cond).__name__}")
-        if len(cond) != batch or cond.tokens.shape[2] != self.text_channels:
-            raise ValueError(f"cond: expected {batch} prompts of width {self.text_channels}, got "
-                             f"{len(cond)} of width {cond.tokens.shape[2]}")
-        null = cond.null
-        first = torch.zeros_like(cond.mask)
-        first[:, 0] = null
-        tokens = torch.where(first[..., None], self.null_token.to(cond.tokens.dtype),
-                             cond.tokens)
-        pooled = torch.where(null[:, None], self.null_pooled.to(cond.pooled.dtype), cond.pooled)
-        return TextEmbedding(tokens, cond.mask | first, pooled)
+        """``cond`` with its null rows (all of it if None) replaced by the learned null token
+        and pooled vector (:func:`~conprediff.text.embedding.with_learned_null`)."""
+        return with_learned_null(cond, batch, self.null_token, self.null_pooled)
 
 
 class _ResAttn(nn.Module):

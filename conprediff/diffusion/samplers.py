@@ -41,6 +41,7 @@ from .gaussian import ddim_timesteps, ddim_update, ddpm_update
 __all__ = [
     "SAMPLERS",
     "STEPS",
+    "check_sampler",
     "generate",
     "get_sampler",
     "is_full_chain",
@@ -173,6 +174,20 @@ def _options(name: str, eta: float) -> dict[str, Any]:
     if eta != 0:
         raise ValueError(f"eta applies to sampler='ddim' only, got eta={eta!r} for {name!r}")
     return {}
+
+
+def check_sampler(sampler: Any, eta: float) -> Any:
+    """``sampler`` checked: a name of :data:`SAMPLERS` (with ``eta`` only for ``'ddim'``) or a
+    diffusers scheduler (:mod:`conprediff.interop.scheduler`; ``eta`` must be 0)."""
+    from ..interop.scheduler import is_scheduler
+
+    if is_scheduler(sampler):
+        if check_real(eta, "eta", 0.0) != 0:
+            raise ValueError("eta applies to sampler='ddim' only: set a scheduler's own "
+                             "options on the scheduler")
+        return sampler
+    _options(sampler, eta)
+    return sampler
 
 
 def reverse_step(
@@ -314,6 +329,11 @@ def generate(
     """
     from tqdm.auto import tqdm
 
+    if not isinstance(sampler, str):
+        from ..interop.scheduler import sample_with_scheduler
+
+        return sample_with_scheduler(denoiser, shape, steps, check_sampler(sampler, eta),
+                                     generator=generator, device=device, progress=progress)
     fn = get_sampler(sampler)
     options = _options(sampler, eta)
     ts = ddim_timesteps(denoiser.schedule.timesteps, steps)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["TextEmbedding", "check_prompts"]
+__all__ = ["TextEmbedding", "check_prompts", "with_learned_null"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,33 @@ class TextEmbedding:
         tokens, masks = zip(*(pad(p) for p in parts), strict=True)
         return TextEmbedding(torch.cat(tokens), torch.cat(masks),
                              torch.cat([p.pooled for p in parts]))
+
+
+def with_learned_null(cond: TextEmbedding | None, batch: int, null_token: torch.Tensor,
+                      null_pooled: torch.Tensor) -> TextEmbedding:
+    """``cond`` with its null rows (all ``batch`` rows if None) replaced by a backbone's learned
+    null: one real token ``null_token`` ``(D,)`` and the pooled vector ``null_pooled`` ``(D,)``.
+
+    TypeError unless ``cond`` is a :class:`TextEmbedding`; ValueError unless it has ``batch``
+    rows of width ``D``.
+    """
+    width, device = null_token.shape[0], null_token.device
+    if cond is None:
+        cond = TextEmbedding(torch.zeros(batch, 1, width, device=device),
+                             torch.zeros(batch, 1, dtype=torch.bool, device=device),
+                             torch.zeros(batch, width, device=device))
+    if not isinstance(cond, TextEmbedding):
+        raise TypeError(f"cond must be a TextEmbedding for a text backbone, got "
+                        f"{type(cond).__name__}")
+    if len(cond) != batch or cond.tokens.shape[2] != width:
+        raise ValueError(f"cond: expected {batch} prompts of width {width}, got "
+                         f"{len(cond)} of width {cond.tokens.shape[2]}")
+    null = cond.null
+    first = torch.zeros_like(cond.mask)
+    first[:, 0] = null
+    tokens = torch.where(first[..., None], null_token.to(cond.tokens.dtype), cond.tokens)
+    pooled = torch.where(null[:, None], null_pooled.to(cond.pooled.dtype), cond.pooled)
+    return TextEmbedding(tokens, cond.mask | first, pooled)
 
 
 def check_prompts(prompts: Any, n: int | None = None, name: str = "prompts") -> list[str]:
