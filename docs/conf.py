@@ -63,6 +63,8 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
     ("conprediff.backbones", "conprediff.backbones", ["conprediff.backbones"]),
     ("conprediff.autoencoders", "conprediff.autoencoders", ["conprediff.autoencoders"]),
     ("conprediff.text", "conprediff.text", ["conprediff.text"]),
+    ("conprediff.interop", "conprediff.interop", ["conprediff.interop",
+                                                  "conprediff.interop.scheduler"]),
     ("conprediff.context", "conprediff.context", ["conprediff.context"]),
     ("conprediff.wasserstein", "conprediff.wasserstein", ["conprediff.wasserstein"]),
     ("conprediff.schedules", "conprediff.schedules", ["conprediff.schedules"]),

@@ -207,3 +207,29 @@ def test_feature_tap_in_a_loop_of_ones_own():
     assert tap.features is None
     with pytest.raises(TypeError, match="diffusers UNet"):
         FeatureTap(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("edit", [
+    {"layers_per_block": 10**6},
+    {"block_out_channels": [2**20, 2**20]},
+    {"down_block_types": ["NoSuchBlock2D", "DownBlock2D"]},
+    {"in_channels": 3},
+])
+def test_a_crafted_diffusers_config_is_one_value_error(fitted, tmp_path, edit):
+    """A model file's UNet config is built on the meta device and checked against the file's
+    tensors before anything is allocated: one ValueError, quickly."""
+    import json
+    import time
+
+    from safetensors.torch import load_file, safe_open, save_file
+
+    good = fitted.save(tmp_path / "good.safetensors")
+    with safe_open(str(good), framework="pt") as f:
+        meta = json.loads(f.metadata()["conprediff"])
+    meta["backbone"]["params"]["config"].update(edit)
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(good)), str(bad), metadata={"conprediff": json.dumps(meta)})
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        ConPreDiffModel.load(bad, device="cpu")
+    assert time.perf_counter() - t0 < 5.0
